@@ -1,0 +1,35 @@
+# clsmon — the two commands a new machine needs are `make demo` and `make test`;
+# both set themselves up (venv in .venv, project + dev extras, embedded broker).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install clsmon with its dev extras
+
+lint: $(STAMP)  ## ruff over the code
+	$(BIN)/ruff check detectors streams tests bench
+
+test: $(STAMP)  ## lint, then every test (the integration tests start their own broker)
+	$(BIN)/ruff check detectors streams tests bench
+	$(BIN)/pytest
+
+demo: $(STAMP)  ## embedded broker + worker + simulated patients; alerts on screen, metrics on :6066
+	$(BIN)/clsmon demo
+
+bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/
+	$(BIN)/python bench/replay_bench.py
+
+clean:  ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,20 @@
+"""Supportive signs of a leak: they fill the evidence and raise severity, never decide alone.
+
+Leukocytosis: WBC > 12 x10^9/L (SIRS criterion, clinical-criteria.md).
+"""
+
+from __future__ import annotations
+
+from detectors.alerts import Evidence
+from detectors.config import Thresholds
+
+
+def leukocytosis(readings: list[list[float]], since: int, th: Thresholds) -> Evidence | None:
+    """The highest WBC at or after ``since`` when it exceeds the SIRS cut-off."""
+    best = None
+    for t, value in readings:
+        if t >= since and value > th.wbc_high and (best is None or value > best[1]):
+            best = (t, value)
+    if best is None:
+        return None
+    return Evidence("leukocytosis", best[1], "10^9/L", f"WBC > {th.wbc_high:g}", int(best[0]))

@@ -1,0 +1,32 @@
+"""Urine flow in mL/kg/h over a window: oliguria in the leak, polyuria in recovery.
+
+Criteria (clinical-criteria.md): oliguria < 0.5 mL/kg/h for 6 h (KDIGO 2012 stage 1); polyuria
+> 2.1 mL/kg/h sustained >= 3 h (StatPearls). Collections ``[start, end, mL]`` are pro-rated into
+the window; a window less than 90 % covered by collections [D] gives no answer rather than a rate
+computed from missing data (a missing hour of charting is not anuria).
+"""
+
+from __future__ import annotations
+
+from detectors.config import HOUR_MS
+
+MIN_COVERAGE = 0.9
+
+
+def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, weight_kg: float
+                     ) -> float | None:
+    """Mean urine flow over (end - hours, end], or None when under-covered."""
+    start = end - hours * HOUR_MS
+    covered = 0.0
+    ml = 0.0
+    for c_start, c_end, c_ml in collections:
+        lo = max(c_start, start)
+        hi = min(c_end, end)
+        if hi <= lo or c_end <= c_start:
+            continue
+        share = (hi - lo) / (c_end - c_start)
+        covered += hi - lo
+        ml += c_ml * share
+    if covered < MIN_COVERAGE * (end - start):
+        return None
+    return ml / weight_kg / (covered / HOUR_MS)

@@ -1,0 +1,240 @@
+"""Synthetic ICU patients: CLS episodes and the confounders that must not alert.
+
+Deterministic for a seed (no clock, no I/O), so tests, the demo, the benchmark and the evaluation
+all draw the same cohort. Each patient follows a piecewise-linear trajectory per kind with noise;
+vitals are sampled every few minutes, labs are drawn every few hours and REPORTED one to three
+hours later (the output is in arrival order, as a lab system publishes), weights are taken twice a
+day, urine is charted hourly. Ground truth is the phase intervals of each patient.
+
+Profiles (numbers from clinical-criteria.md):
+- ``stable``: nothing happens.
+- ``scls``: baseline, prodrome (weight +4-6 %), leak (SBP 70-85, Hct 55-65 %, albumin 2.0-2.6,
+  WBC 15-25, urine 0.2-0.4 mL/kg/h) for 24-36 h (Wu 2019), recovery with polyuria and falling Hct.
+- ``scls_relapse``: the same with a second leak during recovery.
+- ``septic_shock``: hypotension with WBC up and hemodilution from fluids (Hct falls), weight up.
+- ``dehydration``: hypotension and Hct up but albumin concentrated and weight falling.
+- ``diuretic``: polyuria with normal blood pressure and no preceding leak.
+- ``artefact``: stable, with line-flush zeros, single low spikes and one bad weighing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.observation import format_time
+
+HOUR_MS = 3_600_000
+MIN_MS = 60_000
+PROFILES = ("stable", "scls", "scls_relapse", "septic_shock", "dehydration", "diuretic",
+            "artefact")
+
+
+@dataclass
+class Patient:
+    patient_id: str
+    profile: str
+    sex: str | None
+    weight_kg: float
+    observations: list[dict[str, Any]] = field(default_factory=list)  # arrival order
+    truth: list[dict[str, Any]] = field(default_factory=list)  # phase intervals
+
+    def context(self) -> dict[str, Any]:
+        return {"patient_id": self.patient_id, "event": "admit", "sex": self.sex,
+                "weight_kg": self.weight_kg, "birth_year": None, "history": []}
+
+
+class _Track:
+    """Piecewise-linear target values over hours since admission."""
+
+    def __init__(self, start: float) -> None:
+        self.points: list[tuple[float, float]] = [(0.0, start)]
+
+    def to(self, hour: float, value: float) -> _Track:
+        self.points.append((hour, value))
+        return self
+
+    def hold(self, hour: float) -> _Track:
+        return self.to(hour, self.points[-1][1])
+
+    def at(self, hour: float) -> float:
+        pts = self.points
+        if hour <= pts[0][0]:
+            return pts[0][1]
+        for (h0, v0), (h1, v1) in zip(pts, pts[1:], strict=False):
+            if hour <= h1:
+                return v0 if h1 == h0 else v0 + (v1 - v0) * (hour - h0) / (h1 - h0)
+        return pts[-1][1]
+
+
+def _plan(profile: str, rng: random.Random, weight: float, hours: float
+          ) -> tuple[dict[str, _Track], list[tuple[str, float, float]]]:
+    sbp = _Track(rng.uniform(110, 135))
+    mapp = _Track(rng.uniform(78, 92))
+    hct = _Track(rng.uniform(36, 42))
+    alb = _Track(rng.uniform(3.6, 4.2))
+    wbc = _Track(rng.uniform(5, 9))
+    wt = _Track(weight)
+    uo = _Track(rng.uniform(0.8, 1.4))  # mL/kg/h
+    hr = _Track(rng.uniform(65, 90))
+    truth: list[tuple[str, float, float]] = []
+    tracks = {"sbp": sbp, "map": mapp, "hematocrit": hct, "albumin": alb, "leukocytes": wbc,
+              "weight": wt, "urine": uo, "heart_rate": hr}
+    if profile in ("scls", "scls_relapse"):
+        p0 = rng.uniform(20, 40)  # prodrome starts
+        l0 = p0 + rng.uniform(24, 40)  # leak starts
+        l1 = l0 + rng.uniform(24, 36)  # leak ends (Wu 2019: 24-36 h)
+        r1 = min(hours, l1 + rng.uniform(60, 90))
+        gain = weight * rng.uniform(0.04, 0.06)
+        peak_hct = rng.uniform(55, 65)
+        for tr in (sbp, mapp, hct, alb, wbc, uo, hr):
+            tr.hold(p0)
+        wt.hold(p0).to(l0, weight + gain).to(l1, weight + gain * 1.6).to(r1, weight + gain)
+        hct.to(l0, hct.at(p0) + 2).to(l0 + 3, peak_hct).hold(l1).to(l1 + 30, hct.at(0) + 1)
+        sbp.hold(l0).to(l0 + 1, rng.uniform(70, 84)).hold(l1).to(l1 + 2, rng.uniform(110, 125))
+        mapp.hold(l0).to(l0 + 1, rng.uniform(48, 60)).hold(l1).to(l1 + 2, rng.uniform(78, 88))
+        alb.hold(l0).to(l0 + 6, rng.uniform(2.0, 2.6)).hold(l1).to(r1, 3.2)
+        wbc.hold(l0).to(l0 + 4, rng.uniform(15, 25)).hold(l1).to(l1 + 24, 9)
+        uo.to(p0 + 12, 0.6).to(l0, 0.5).to(l0 + 2, rng.uniform(0.2, 0.4)).hold(l1)
+        uo.to(l1 + 4, rng.uniform(2.6, 4.0)).hold(l1 + 40).to(l1 + 52, 1.2)
+        hr.hold(l0).to(l0 + 1, 125).hold(l1).to(l1 + 4, 90)
+        truth = [("prodromal", p0, l0), ("leak", l0, l1), ("recovery", l1, r1)]
+        if profile == "scls_relapse":
+            x0 = l1 + 30  # relapse in recovery
+            x1 = x0 + 20
+            sbp.points = [p for p in sbp.points if p[0] < x0 - 1]
+            sbp.to(x0 - 1, 118).to(x0, 76).hold(x1).to(x1 + 2, 118)
+            mapp.points = [p for p in mapp.points if p[0] < x0 - 1]
+            mapp.to(x0 - 1, 84).to(x0, 54).hold(x1).to(x1 + 2, 84)
+            hct.points = [p for p in hct.points if p[0] < x0 - 1]
+            hct.to(x0 - 1, 46).to(x0 + 2, 58).hold(x1).to(x1 + 24, 42)
+            uo.points = [p for p in uo.points if p[0] < x0 - 1]
+            uo.to(x0 - 1, 3.0).to(x0 + 1, 0.3).hold(x1).to(x1 + 4, 3.2).hold(x1 + 30)
+            truth = [("prodromal", p0, l0), ("leak", l0, l1), ("recovery", l1, x0),
+                     ("leak", x0, x1), ("recovery", x1, min(hours, x1 + 60))]
+    elif profile == "septic_shock":
+        s0 = rng.uniform(12, 36)
+        s1 = s0 + rng.uniform(18, 30)
+        for tr in (sbp, mapp, hct, wbc, wt, alb):
+            tr.hold(s0)
+        sbp.to(s0 + 1, rng.uniform(72, 85)).hold(s1).to(s1 + 3, 110)
+        mapp.to(s0 + 1, rng.uniform(50, 60)).hold(s1).to(s1 + 3, 78)
+        hct.to(s0 + 12, hct.at(0) - 6)  # hemodilution from resuscitation fluids
+        wbc.to(s0 + 6, rng.uniform(18, 26)).hold(s1).to(s1 + 24, 10)
+        alb.to(s0 + 12, 2.8)
+        wt.to(s0 + 12, weight * 1.06).hold(s1 + 24)
+    elif profile == "dehydration":
+        d0 = rng.uniform(8, 30)
+        for tr in (sbp, mapp, hct, alb, wt, uo):
+            tr.hold(d0)
+        wt.to(d0 + 12, weight * 0.95)
+        hct.to(d0 + 4, rng.uniform(51, 55)).hold(d0 + 24).to(d0 + 36, hct.at(0))
+        alb.to(d0 + 4, rng.uniform(4.7, 5.1)).hold(d0 + 24).to(d0 + 36, alb.at(0))
+        sbp.to(d0 + 2, rng.uniform(80, 88)).hold(d0 + 20).to(d0 + 24, 115)
+        mapp.to(d0 + 2, rng.uniform(58, 63)).hold(d0 + 20).to(d0 + 24, 82)
+        uo.to(d0 + 2, 0.3).hold(d0 + 20).to(d0 + 24, 1.0)
+    elif profile == "diuretic":
+        d0 = rng.uniform(8, 30)
+        uo.hold(d0).to(d0 + 1, rng.uniform(3.0, 4.5)).hold(d0 + 14).to(d0 + 16, 1.0)
+        wt.hold(d0).to(d0 + 16, weight * 0.97)
+    return tracks, truth
+
+
+def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours: float = 168.0,
+                 vitals_every_min: float = 5.0, labs_every_h: float = 6.0,
+                 alt_units: bool = False, sex: str | None = "?") -> Patient:
+    """One synthetic patient; ``alt_units`` sends kPa, lb, L/L, g/L, /uL (UCUM) instead."""
+    rng = random.Random(seed)
+    if sex == "?":
+        sex = rng.choice(("F", "M", None))
+    weight = round(rng.uniform(50, 100), 1)
+    tracks, truth = _plan(profile, rng, weight, hours)
+    patient = Patient(patient_id, profile, sex, weight)
+    arrivals: list[tuple[int, int, dict[str, Any]]] = []
+    seq = 0
+
+    def emit(kind: str, value: float, t_ms: int, unit: str, arrive_ms: int,
+             **extra: Any) -> None:
+        nonlocal seq
+        seq += 1
+        obs = {"patient_id": patient_id, "kind": kind, "value": round(value, 3),
+               "unit": unit, "observed_at": format_time(t_ms), "source": "sim"}
+        obs.update(extra)
+        arrivals.append((arrive_ms, seq, obs))
+
+    step_ms = int(vitals_every_min * MIN_MS)
+    t = start_ms
+    end = start_ms + int(hours * HOUR_MS)
+    while t < end:
+        h = (t - start_ms) / HOUR_MS
+        sbp = tracks["sbp"].at(h) + rng.gauss(0, 4)
+        mapp = tracks["map"].at(h) + rng.gauss(0, 3)
+        if profile == "artefact" and rng.random() < 0.01:
+            sbp = 0.0  # line flush: must be rejected, never read as shock
+        if profile == "artefact" and rng.random() < 0.01:
+            sbp = 62.0  # a single spike: must not raise hypotension
+        if alt_units:
+            emit("sbp", sbp / 7.500617, t, "kPa", t)
+            emit("map", mapp / 7.500617, t, "kPa", t)
+        else:
+            emit("sbp", sbp, t, "mm[Hg]", t)
+            emit("map", mapp, t, "mmHg", t)
+        emit("heart_rate", tracks["heart_rate"].at(h) + rng.gauss(0, 3), t, "/min", t)
+        t += step_ms
+    lab_ms = int(labs_every_h * HOUR_MS)
+    t = start_ms + int(rng.uniform(0, 2) * HOUR_MS)
+    while t < end:
+        h = (t - start_ms) / HOUR_MS
+        delay = int(rng.uniform(1, 3) * HOUR_MS)
+        hct = tracks["hematocrit"].at(h) + rng.gauss(0, 0.7)
+        alb = tracks["albumin"].at(h) + rng.gauss(0, 0.08)
+        wbc = max(0.5, tracks["leukocytes"].at(h) + rng.gauss(0, 0.6))
+        if alt_units:
+            emit("hematocrit", hct / 100, t, "L/L", t + delay)
+            emit("albumin", alb * 10, t, "g/L", t + delay)
+            emit("leukocytes", wbc * 1000, t, "/uL", t + delay)
+        else:
+            emit("hematocrit", hct, t, "%", t + delay)
+            emit("albumin", alb, t, "g/dL", t + delay)
+            emit("leukocytes", wbc, t, "10*9/L", t + delay)
+        t += lab_ms
+    t = start_ms + 2 * HOUR_MS
+    bad_weighing_done = False
+    while t < end:
+        h = (t - start_ms) / HOUR_MS
+        kg = tracks["weight"].at(h) + rng.gauss(0, 0.2)
+        if profile == "artefact" and not bad_weighing_done and h > 30:
+            kg += 4.0  # one weighing with a pump on the bed
+            bad_weighing_done = True
+        if alt_units:
+            emit("weight", kg / 0.45359237, t, "[lb_av]", t)
+        else:
+            emit("weight", kg, t, "kg", t)
+        t += 12 * HOUR_MS
+    t = start_ms + HOUR_MS
+    while t < end:
+        h = (t - start_ms) / HOUR_MS
+        ml = max(0.0, tracks["urine"].at(h) * weight + rng.gauss(0, 3))
+        emit("urine_output", ml, t, "mL", t, period_min=60)
+        t += HOUR_MS
+    arrivals.sort(key=lambda a: (a[0], a[1]))
+    patient.observations = [a[2] for a in arrivals]
+    patient.truth = [{"patient_id": patient_id, "phase": ph,
+                      "start": format_time(start_ms + int(a * HOUR_MS)),
+                      "end": format_time(start_ms + int(min(b, hours) * HOUR_MS))}
+                     for ph, a, b in truth]
+    return patient
+
+
+def cohort(n: int, seed: int = 7, start_ms: int = 1_790_000_000_000, hours: float = 168.0,
+           mix: dict[str, float] | None = None, **kwargs: Any) -> list[Patient]:
+    """``n`` patients with profiles drawn from ``mix`` (default: a third CLS, rest confounders
+    and stable); patient ids are ``sim-0001`` ..."""
+    mix = mix or {"stable": 0.3, "scls": 0.2, "scls_relapse": 0.05, "septic_shock": 0.15,
+                  "dehydration": 0.1, "diuretic": 0.1, "artefact": 0.1}
+    rng = random.Random(seed)
+    names = list(mix)
+    weights = [mix[k] for k in names]
+    return [make_patient(f"sim-{i + 1:04d}", rng.choices(names, weights)[0],
+                         seed * 100_003 + i, start_ms, hours, **kwargs) for i in range(n)]

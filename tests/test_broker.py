@@ -1,0 +1,101 @@
+"""Integration tests against the session broker, and the embedded broker's error paths."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from streams.broker import BrokerError, EmbeddedBroker, TansuBinaryNotFound, create_topics
+
+
+def _fresh_topic(prefix: str = "clsmon.test") -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.mark.broker
+def test_keyed_messages_round_trip_through_a_consumer_group(kafka_bootstrap: str) -> None:
+    topic = _fresh_topic()
+    create_topics(kafka_bootstrap, [topic], partitions=3)
+    sent = {f"bed{i % 7:02d}|{i}": f'{{"seq": {i}}}' for i in range(200)}
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    for key, value in sent.items():
+        producer.send(topic, key=key.split("|")[0].encode(), value=value.encode())
+    producer.flush(timeout=10)
+    producer.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"clsmon-test-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        # Tansu completes a join after about half the session timeout (45 s default -> 23 s);
+        # 6 s is the smallest Kafka's group.min.session.timeout.ms allows.
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    received: dict[str, str] = {}
+    partition_of_key: dict[bytes, set[int]] = {}
+    deadline = time.monotonic() + 15
+    try:
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    assert record.key is not None
+                    seq = record.value.decode().split(": ")[1].rstrip("}")
+                    received[f"{record.key.decode()}|{seq}"] = record.value.decode()
+                    partition_of_key.setdefault(record.key, set()).add(tp.partition)
+        consumer.commit()
+    finally:
+        consumer.close()
+
+    assert received == sent
+    # one key, one partition: per-patient order depends on it
+    assert all(len(parts) == 1 for parts in partition_of_key.values())
+
+
+@pytest.mark.broker
+def test_create_topics_is_idempotent(kafka_bootstrap: str) -> None:
+    first, second = _fresh_topic(), _fresh_topic()
+
+    assert create_topics(kafka_bootstrap, [first], partitions=3) == [first]
+    assert create_topics(kafka_bootstrap, [first, second], partitions=3) == [second]
+    assert create_topics(kafka_bootstrap, [first, second], partitions=3) == []
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        described = {t["name"]: t for t in admin.describe_topics([first, second])}
+    finally:
+        admin.close()
+    assert {name: len(t["partitions"]) for name, t in described.items()} == {
+        first: 3,
+        second: 3,
+    }
+
+
+def test_missing_binary_is_reported() -> None:
+    with pytest.raises(TansuBinaryNotFound, match="/nonexistent/tansu"):
+        EmbeddedBroker(binary="/nonexistent/tansu").start()
+
+
+def test_broker_dying_at_start_reports_its_output() -> None:
+    class BadFlag(EmbeddedBroker):
+        def command(self) -> list[str]:
+            return [*super().command(), "--no-such-flag"]
+
+    with pytest.raises(BrokerError, match="no-such-flag"):
+        BadFlag(start_timeout=10).start()
+
+
+def test_embedded_broker_lifecycle_and_busy_port() -> None:
+    with EmbeddedBroker() as broker:
+        assert broker.is_running()
+        assert broker.url == f"kafka://127.0.0.1:{broker.port}"
+        with pytest.raises(BrokerError, match="already in use"):
+            EmbeddedBroker(broker.port).start()
+    assert not broker.is_running()
+    broker.stop()  # idempotent
