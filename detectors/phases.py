@@ -500,27 +500,27 @@ def _decide_leak(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | Non
             at = max(st.leak_since, *(e.observed_at_ms for e in signs))
             return _escalate(st, "critical", at, signs,
                              "Leak phase with leukocytosis and oliguria")
+    falling = hemoconcentration.falling_from_peak(st.lab("hematocrit"), st.leak_since - window,
+                                                  th)
+    if falling is None or falling[0][0] < st.leak_since:
+        return None
+    reading, peak = falling
     for run in facts.recovered_bp:
         if run[2] <= st.leak_since:
             continue
-        falling = hemoconcentration.falling_from_peak(st.lab("hematocrit"),
-                                                      st.leak_since - window, th)
-        sign: Evidence | None = None
-        if falling is not None and falling[0][0] >= st.leak_since:
-            reading, peak = falling
-            sign = Evidence("hematocrit_falling", reading[1], "%",
-                            f">= {th.hct_fall_points:g} points below the episode peak "
-                            f"({peak:g} %)", int(reading[0]), facts.hct_baseline)
-        else:
-            sign = _polyuria_at(st, facts, st.leak_since, th)
-        if sign is None:
-            continue
-        at = int(max(run[2], sign.observed_at_ms))
+        at = int(max(run[2], reading[0]))
         sbp = st.last.get("sbp") or [run[2], th.recovery_sbp_mmhg]
-        held = Evidence("blood_pressure_recovered", sbp[1], "mmHg",
-                        f"SBP > {th.recovery_sbp_mmhg:g} held >= {th.recovery_hold_min:g} min "
-                        f"(since {format_time(int(run[2]))})", int(sbp[0]), facts.sbp_baseline)
-        return _transition(st, "recovery", "warning", at, [held, sign])
+        evidence = [
+            Evidence("blood_pressure_recovered", sbp[1], "mmHg",
+                     f"SBP > {th.recovery_sbp_mmhg:g} held >= {th.recovery_hold_min:g} min "
+                     f"(since {format_time(int(run[2]))})", int(sbp[0]), facts.sbp_baseline),
+            Evidence("hematocrit_falling", reading[1], "%",
+                     f">= {th.hct_fall_points:g} points below the episode peak ({peak:g} %)",
+                     int(reading[0]), facts.hct_baseline)]
+        polyuria = _polyuria_at(st, facts, st.leak_since, th)
+        if polyuria is not None and polyuria.observed_at_ms <= at:
+            evidence.append(polyuria)
+        return _transition(st, "recovery", "warning", at, evidence)
     return None
 
 
@@ -532,17 +532,23 @@ def _decide_recovery(st: PatientState, facts: _Facts, th: Thresholds) -> Alert |
     if st.severity != "high" and facts.weight_baseline:
         polyuria = _polyuria_at(st, facts, st.phase_since, th)
         if polyuria is not None:
-            for t, kg in reversed(st.wt):
+            # the weighing that makes the decision earliest, whatever arrived last
+            best = None
+            for t, kg in st.wt:
                 over = weight_gain.over_baseline_pct(kg, facts.weight_baseline)
                 if (abs(t - polyuria.observed_at_ms) <= 24 * HOUR_MS
                         and over >= th.fluid_overload_weight_pct):
-                    weight = Evidence("weight_over_baseline", kg, "kg",
-                                      f">= {th.fluid_overload_weight_pct:g} % over baseline "
-                                      f"(+{over:.1f} %)", int(t), facts.weight_baseline)
-                    return _escalate(st, "high", int(max(t, polyuria.observed_at_ms)),
-                                     [polyuria, weight],
-                                     "Fluid overload risk in recovery: polyuria with weight "
-                                     "still high; review and stop fluids (pulmonary edema)")
+                    at = int(max(t, polyuria.observed_at_ms))
+                    if best is None or at < best[0]:
+                        best = (at, t, kg, over)
+            if best is not None:
+                at, t, kg, over = best
+                weight = Evidence("weight_over_baseline", kg, "kg",
+                                  f">= {th.fluid_overload_weight_pct:g} % over baseline "
+                                  f"(+{over:.1f} %)", int(t), facts.weight_baseline)
+                return _escalate(st, "high", at, [polyuria, weight],
+                                 "Fluid overload risk in recovery: polyuria with weight "
+                                 "still high; review and stop fluids (pulmonary edema)")
     closes_at = st.phase_since + int(th.recovery_min_h * HOUR_MS)
     longest = st.phase_since + int(th.recovery_max_h * HOUR_MS)
     if st.max_t >= longest:

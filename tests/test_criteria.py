@@ -1,0 +1,166 @@
+"""One test group per criterion of clinical-criteria.md, on the pure criterion functions."""
+
+from __future__ import annotations
+
+import pytest
+from builders import HOUR, MIN, T0
+
+from detectors.config import DEFAULT_THRESHOLDS as TH
+from detectors.config import ThresholdsError, load_thresholds, thresholds_from_mapping
+from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
+from detectors.criteria import hypotension as bp
+
+
+def slots_from(readings):
+    """readings: (minutes, kind, value) -> slots dict, as the engine tallies them."""
+    slots = {}
+    for minute, kind, value in readings:
+        t = T0 + int(minute * MIN)
+        s = t // TH.bp_slot_ms
+        bp.add_reading(slots.setdefault(s, bp.new_slot()), kind, value, t, None, TH)
+    return slots
+
+
+def persistent_runs(readings):
+    low, _ = bp.runs(slots_from(readings), [], [], [], TH)
+    return bp.persistent(low)
+
+
+class TestHypotension:
+    def test_one_low_reading_is_not_hypotension(self):
+        readings = [(m, "sbp", 120) for m in range(0, 60, 2)] + [(31, "sbp", 70)]
+        assert persistent_runs(readings) == []
+
+    def test_low_pressure_held_ten_minutes_over_three_readings_is_hypotension(self):
+        readings = [(m, "sbp", 82) for m in range(0, 16, 5)]
+        runs = persistent_runs(readings)
+        assert len(runs) == 1
+        assert runs[0][bp.R_Q] == T0 + 10 * MIN  # persistent from 10 min after the first
+
+    def test_low_pressure_for_five_minutes_is_not_yet_hypotension(self):
+        assert persistent_runs([(0, "sbp", 80), (2, "sbp", 80), (4, "sbp", 80)]) == []
+
+    def test_map_below_65_alone_counts(self):
+        assert persistent_runs([(m, "map", 60) for m in range(0, 21, 5)])
+
+    def test_sbp_at_exactly_90_counts_as_low(self):
+        assert persistent_runs([(m, "sbp", 90) for m in range(0, 21, 5)])
+
+    def test_a_slot_is_low_only_when_most_of_its_readings_are(self):
+        # every slot has 3 normal and 1 low reading: never low
+        readings = [(m + d, "sbp", v) for m in range(0, 60, 5)
+                    for d, v in ((0, 120), (1, 118), (2, 70), (3, 121))]
+        assert persistent_runs(readings) == []
+
+    def test_a_fall_of_40_from_baseline_counts_even_above_90(self):
+        slot = bp.new_slot()
+        bp.add_reading(slot, "sbp", 110, T0, 160.0, TH)
+        assert bp.slot_class(slot) == bp.LOW
+
+    def test_gaps_up_to_a_cuff_cycle_keep_a_run(self):
+        # NIBP every 15 minutes: empty slots between readings must not split the run
+        assert persistent_runs([(m, "sbp", 80) for m in (0, 15, 30)])
+
+    def test_a_normal_slot_splits_runs(self):
+        readings = [(0, "sbp", 80), (5, "sbp", 120), (10, "sbp", 80)]
+        assert persistent_runs(readings) == []
+
+
+class TestHemoconcentration:
+    @pytest.mark.parametrize("hct, sex, expected", [
+        (47, "F", True), (47, "M", False), (47, None, True), (51, "M", True), (45, None, False)])
+    def test_sex_specific_cut_offs(self, hct, sex, expected):
+        assert hemoconcentration.is_hemoconcentrated(hct, None, sex, TH) is expected
+
+    def test_a_rise_of_15_percent_over_baseline_counts_below_the_cut_off(self):
+        assert hemoconcentration.is_hemoconcentrated(40.3, 35.0, "M", TH)
+        assert not hemoconcentration.is_hemoconcentrated(40.0, 35.0, "M", TH)
+
+    def test_falling_needs_three_points_below_the_episode_peak(self):
+        readings = [[T0, 40], [T0 + HOUR, 58], [T0 + 2 * HOUR, 56], [T0 + 3 * HOUR, 54.9]]
+        reading, peak = hemoconcentration.falling_from_peak(readings, T0, TH)
+        assert peak == 58 and reading[1] == 54.9
+        assert hemoconcentration.falling_from_peak(readings[:3], T0, TH) is None
+
+
+class TestHypoalbuminemia:
+    def test_below_3_g_dl(self):
+        assert hypoalbuminemia.is_low(2.9, None, TH)
+        assert not hypoalbuminemia.is_low(3.0, None, TH)
+
+    def test_a_fall_of_half_a_gram_from_baseline(self):
+        assert hypoalbuminemia.is_low(3.5, 4.0, TH)
+        assert not hypoalbuminemia.is_low(3.6, 4.0, TH)
+
+    def test_evidence_names_the_first_low_reading_after_the_given_time(self):
+        e = hypoalbuminemia.first_low_since([[T0, 2.0], [T0 + HOUR, 2.5]], T0 + 1, None, TH)
+        assert e.value == 2.5 and e.observed_at_ms == T0 + HOUR
+
+
+class TestWeightGain:
+    def test_one_heavy_weighing_is_not_confirmed(self):
+        w = [[T0, 70.0], [T0 + 12 * HOUR, 73.0]]
+        assert weight_gain.confirmed_gain(w, 70.0, 0, TH) is None
+
+    def test_two_weighings_confirm_a_gain_of_three_percent_within_48_h(self):
+        w = [[T0, 70.0], [T0 + 12 * HOUR, 72.2], [T0 + 24 * HOUR, 72.4]]
+        e = weight_gain.confirmed_gain(w, 70.0, 0, TH)
+        assert e is not None and e.observed_at_ms == T0 + 24 * HOUR and e.value == 72.4
+
+    def test_two_kilograms_count_for_a_heavy_patient(self):
+        w = [[T0, 120.0], [T0 + 12 * HOUR, 122.1], [T0 + 24 * HOUR, 122.2]]
+        assert weight_gain.confirmed_gain(w, 120.0, 0, TH) is not None
+
+    def test_a_gain_spread_over_more_than_48_h_is_not_rapid(self):
+        w = [[T0, 70.0], [T0 + 30 * HOUR, 71.0], [T0 + 60 * HOUR, 72.0], [T0 + 90 * HOUR, 73.0]]
+        assert weight_gain.confirmed_gain(w, 70.0, 0, TH) is None
+
+
+class TestUrine:
+    def test_rate_in_ml_per_kg_per_hour(self):
+        hourly = [[T0 + h * HOUR, T0 + (h + 1) * HOUR, 35.0] for h in range(6)]
+        assert urine.rate_ml_per_kg_h(hourly, T0 + 6 * HOUR, 6, 70.0) == pytest.approx(0.5)
+
+    def test_a_window_with_missing_charting_gives_no_rate(self):
+        hourly = [[T0 + h * HOUR, T0 + (h + 1) * HOUR, 5.0] for h in (0, 1, 2)]
+        assert urine.rate_ml_per_kg_h(hourly, T0 + 6 * HOUR, 6, 70.0) is None
+
+    def test_long_collections_are_pro_rated(self):
+        day = [[T0, T0 + 24 * HOUR, 2400.0]]
+        assert urine.rate_ml_per_kg_h(day, T0 + 24 * HOUR, 3, 50.0) == pytest.approx(2.0)
+
+
+def test_leukocytosis_takes_the_highest_wbc_over_12():
+    e = supportive.leukocytosis([[T0, 11.0], [T0 + HOUR, 19.0], [T0 + 2 * HOUR, 15.0]], T0, TH)
+    assert e.value == 19.0
+    assert supportive.leukocytosis([[T0, 11.9]], T0, TH) is None
+
+
+class TestThresholdsConfig:
+    def test_toml_overrides_defaults_in_tables_or_flat(self, tmp_path):
+        f = tmp_path / "t.toml"
+        f.write_text("sbp_low_mmhg = 85\n[hemoconcentration]\nhct_high_male_pct = 52\n")
+        th = load_thresholds(f)
+        assert th.sbp_low_mmhg == 85.0 and th.hct_high_male_pct == 52.0
+        assert th.map_low_mmhg == TH.map_low_mmhg
+
+    def test_unknown_keys_are_refused(self):
+        with pytest.raises(ThresholdsError, match="sbp_lwo_mmhg"):
+            thresholds_from_mapping({"sbp_lwo_mmhg": 80})
+
+    def test_wrong_types_and_negative_values_are_refused(self):
+        with pytest.raises(ThresholdsError):
+            thresholds_from_mapping({"sbp_low_mmhg": "eighty"})
+        with pytest.raises(ThresholdsError):
+            thresholds_from_mapping({"sbp_low_mmhg": -1})
+
+    def test_missing_or_invalid_files_say_so(self, tmp_path):
+        with pytest.raises(ThresholdsError, match="not found"):
+            load_thresholds(tmp_path / "nope.toml")
+        bad = tmp_path / "bad.toml"
+        bad.write_text("= nope")
+        with pytest.raises(ThresholdsError, match="not valid TOML"):
+            load_thresholds(bad)
+
+    def test_derived_slot_length_follows_an_override(self):
+        assert thresholds_from_mapping({"bp_slot_min": 10}).bp_slot_ms == 600_000

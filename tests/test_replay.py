@@ -1,0 +1,179 @@
+"""`clsmon replay`: files in, alerts and rejects out, the same decisions as the engine itself."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from builders import run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.observation import Observation, normalise
+from streams import replay as rp
+from streams.cli import main
+from streams.simulator import cohort
+
+COLUMNS = ["patient_id", "observed_at", "kind", "value", "unit", "source", "period_min"]
+
+
+@pytest.fixture(scope="module")
+def small_cohort():
+    return cohort(12, seed=3, hours=120, mix={"scls": 0.5, "septic_shock": 0.25,
+                                              "dehydration": 0.25})
+
+
+def write_cohort(tmp_path, patients, suffix=".csv", extra_rows=()):
+    rows = [o for p in patients for o in p.observations] + list(extra_rows)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    path = tmp_path / f"obs{suffix}"
+    if suffix == ".parquet":
+        frame.astype({"value": "string", "period_min": "string"}).to_parquet(path)
+    else:
+        frame.to_csv(path, index=False)
+    ctx = tmp_path / "patients.csv"
+    pd.DataFrame([p.context() for p in patients])[["patient_id", "sex", "weight_kg",
+                                                   "birth_year"]].to_csv(ctx, index=False)
+    return path, ctx
+
+
+def engine_alert_ids(patients):
+    ids = set()
+    for p in patients:
+        alerts, _ = run(p.observations, p.context())
+        ids |= {a.alert_id for a in alerts}
+    return ids
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_replay_writes_the_alerts_the_engine_raises(tmp_path, small_cohort, capsys):
+    path, ctx = write_cohort(tmp_path, small_cohort)
+    out = tmp_path / "alerts.jsonl"
+    assert main(["replay", str(path), "--patients", str(ctx), "--out", str(out)]) == 0
+    alerts = read_jsonl(out)
+    assert {a["alert_id"] for a in alerts} == engine_alert_ids(small_cohort)
+    assert any(a["phase"] == "leak" for a in alerts)
+    for a in alerts:
+        assert set(a) >= {"alert_id", "patient_id", "phase", "previous_phase", "severity",
+                          "raised_at", "episode", "summary", "evidence"}
+    printed = capsys.readouterr().out
+    assert "alerts by phase/severity" in printed and "leak/high" in printed
+
+
+def test_bad_rows_go_to_the_rejects_file_with_their_reason(tmp_path, small_cohort):
+    bad = [
+        {"patient_id": "x", "observed_at": "2026-09-22T00:00:00Z", "kind": "glucose",
+         "value": 5, "unit": "mmol/L"},
+        {"patient_id": "x", "observed_at": "2026-09-22T00:00:00Z", "kind": "sbp", "value": 0,
+         "unit": "mmHg"},
+        {"patient_id": "x", "observed_at": "2026-09-22T00:00:00", "kind": "sbp", "value": 120,
+         "unit": "mmHg"},
+        {"patient_id": "x", "observed_at": "2026-09-22T00:00:00Z", "kind": "sbp",
+         "value": "n/a", "unit": "mmHg"},
+        {"patient_id": "x", "observed_at": "2026-09-22T00:00:00Z", "kind": "weight",
+         "value": 70, "unit": "stone"},
+    ]
+    path, ctx = write_cohort(tmp_path, small_cohort[:2], extra_rows=bad)
+    rejects = tmp_path / "rejects.jsonl"
+    assert main(["replay", str(path), "--rejects", str(rejects), "--quiet"]) == 0
+    got = read_jsonl(rejects)
+    assert [r["reason"] for r in got] == ["unknown_kind", "out_of_range", "bad_time",
+                                          "bad_value", "unknown_unit"]
+    n_rows = sum(len(p.observations) for p in small_cohort[:2]) + len(bad)
+    assert got[0]["row"] == n_rows - len(bad) + 2  # 1-based line number in the file
+    assert got[2]["input"]["observed_at"] == "2026-09-22T00:00:00"
+
+
+def test_alerts_can_be_written_as_csv(tmp_path, small_cohort):
+    path, ctx = write_cohort(tmp_path, small_cohort[:4])
+    out = tmp_path / "alerts.csv"
+    assert main(["replay", str(path), "--patients", str(ctx), "--out", str(out), "--quiet"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == list(rp.ALERT_CSV_COLUMNS)
+    assert all(isinstance(json.loads(e), list) for e in frame["evidence"])
+
+
+def test_parquet_input_gives_the_same_alerts(tmp_path, small_cohort):
+    csv_path, ctx = write_cohort(tmp_path, small_cohort)
+    pq_path, _ = write_cohort(tmp_path, small_cohort, suffix=".parquet")
+    a = rp.replay_frame(rp.read_observations(csv_path), rp.read_contexts(ctx))
+    b = rp.replay_frame(rp.read_observations(pq_path), rp.read_contexts(ctx))
+    assert [x.alert_id for x in a.alerts] == [x.alert_id for x in b.alerts]
+    assert a.alerts
+
+
+def test_sort_replays_a_shuffled_file_in_event_time_order(tmp_path, small_cohort):
+    rows = [o for p in small_cohort for o in p.observations]
+    in_time = sorted(rows, key=lambda r: r["observed_at"])
+    shuffled = pd.DataFrame(rows, columns=COLUMNS).sample(frac=1.0, random_state=1)
+    ctx = [p.context() for p in small_cohort]
+    expected = rp.replay_frame(pd.DataFrame(in_time, columns=COLUMNS).astype("string"), ctx)
+    got = rp.replay_frame(shuffled.astype("string"), ctx, sort=True)
+    assert sorted((a.alert_id, a.raised_at_ms) for a in got.alerts) == sorted(
+        (a.alert_id, a.raised_at_ms) for a in expected.alerts)
+
+
+def test_missing_columns_and_files_are_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,kind,value\np,sbp,120\n")
+    assert main(["replay", str(bad)]) == 2
+    assert "missing column(s) observed_at, unit" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "nope.csv")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_thresholds_come_from_the_environment(tmp_path, small_cohort, monkeypatch, capsys):
+    path, ctx = write_cohort(tmp_path, small_cohort)
+    strict = tmp_path / "strict.toml"
+    strict.write_text("hct_high_female_pct = 79\nhct_high_male_pct = 79\n"
+                      "hct_high_unknown_sex_pct = 79\nhct_rise_relative = 5\n")
+    monkeypatch.setenv("CLSMON_THRESHOLDS", str(strict))
+    out = tmp_path / "a.jsonl"
+    assert main(["replay", str(path), "--patients", str(ctx), "--out", str(out), "--quiet"]) == 0
+    assert not [a for a in read_jsonl(out) if a["phase"] == "leak"]
+    monkeypatch.setenv("CLSMON_THRESHOLDS", str(tmp_path / "missing.toml"))
+    assert main(["replay", str(path), "--quiet"]) == 2
+    assert "thresholds file not found" in capsys.readouterr().err
+
+
+def test_the_simulator_writes_a_replayable_cohort_with_truth(tmp_path):
+    out = tmp_path / "sim.csv"
+    assert main(["simulate", "--patients", "3", "--hours", "48", "--to", str(out)]) == 0
+    truth = pd.read_csv(tmp_path / "sim.truth.csv")
+    assert list(truth.columns) == ["patient_id", "phase", "start", "end", "profile"]
+    result = rp.replay_frame(rp.read_observations(out),
+                             rp.read_contexts(tmp_path / "sim.patients.csv"))
+    assert result.observations > 3 * 48 * 12 and not result.rejects
+
+
+cell = st.one_of(
+    st.sampled_from(["", "sbp", "SBP", "hct", "hematocrit", "weight", "urine_output", "glucose",
+                     "mmHg", "kPa", "L/L", "%", "[lb_av]", "g/L", "mL", "furlong",
+                     "2026-09-22T00:00:00Z", "2026-09-22T01:00:00+01:00", "2026-09-22T00:00:00",
+                     "2026-02-30T00:00:00Z", "1790000000000", "179000", "12", "0", "-3", "nan",
+                     "inf", "1e3", " 5 ", "0.52", "60", "abc"]),
+    st.text(max_size=6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(cell, cell, cell, cell, cell, cell), min_size=1, max_size=12))
+def test_fast_validation_agrees_with_the_scalar_gate(rows):
+    frame = pd.DataFrame([("p1",) + r for r in rows],
+                         columns=["patient_id", "observed_at", "kind", "value", "unit",
+                                  "period_min", "source"]).astype("string")
+    norm, ok = rp.validate(frame)
+    for i, raw in enumerate(frame.to_dict("records")):
+        if not ok[i]:
+            continue  # rejected rows go through the scalar gate itself
+        scalar = normalise(raw)
+        assert isinstance(scalar, Observation), (raw, scalar)
+        assert scalar.kind == norm["kind"].iat[i]
+        assert math.isclose(scalar.value, norm["value"].iat[i], rel_tol=1e-9)
+        assert scalar.observed_at_ms == norm["t"].iat[i]
+        if scalar.kind == "urine_output" and scalar.period_min is not None:
+            assert math.isclose(scalar.period_min, norm["period"].iat[i])
