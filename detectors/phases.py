@@ -64,6 +64,7 @@ _MAX_TRANSITIONS_PER_STEP = 4
 
 
 _NO_ALERTS: tuple[Alert, ...] = ()
+_tuple_new = tuple.__new__  # builds a StepResult without the Python-level NamedTuple __new__
 
 
 class StepResult(NamedTuple):
@@ -107,31 +108,31 @@ def step(state: PatientState | None, obs: Observation,
         fingerprint = hash((code, t, obs.value))
         seen = st.seen
         if fingerprint in seen:
-            return StepResult(st, _NO_ALERTS, "duplicate")
+            return _tuple_new(StepResult, (st, _NO_ALERTS, "duplicate", None))
     previous_max = st.max_t
     if t > previous_max:
         st.max_t = t
     outcome = _HANDLERS[kind](st, obs, th)
     if outcome.__class__ is Rejection:
         st.max_t = previous_max
-        return StepResult(st, _NO_ALERTS, "rejected", outcome)
+        return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", outcome))
     if code is not None:
         seen.append(fingerprint)
         if len(seen) > SEEN_KEEP:
             del seen[0]
     evaluate, status = outcome
     if not evaluate and not st.pending and st.phase == "none":
-        return StepResult(st, _NO_ALERTS, status)  # the common case: a quiet reading
+        return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))  # a quiet reading
     is_lab = kind in LAB_KEEP
     if st.pending and not (is_lab and abs(t - st.pending) <= PANEL_MS):
         st.pending = 0  # the panel is complete: the decision it waited for is taken now
         evaluate = True
     if is_lab and evaluate:
         st.pending = st.pending or t
-        return StepResult(st, _NO_ALERTS, status)
+        return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))
     if not evaluate and st.phase != "none" and st.max_t > previous_max:
         evaluate = _time_based_exit_due(st, th)
-    return StepResult(st, _decide(st, th) if evaluate else _NO_ALERTS, status)
+    return _tuple_new(StepResult, (st, _decide(st, th) if evaluate else _NO_ALERTS, status, None))
 
 
 def flush(state: PatientState, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Alert]:
