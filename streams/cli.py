@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from detectors.config import ThresholdsError, load_thresholds
 
@@ -78,11 +79,133 @@ def _cmd_simulate_to_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic-prefix", default=_env("CLSMON_TOPIC_PREFIX", "clsmon."),
+                   help="prefix of every topic name (env CLSMON_TOPIC_PREFIX, default clsmon.)")
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
+                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    p.add_argument("--web-port", type=int,
+                   default=int(_env("CLSMON_METRICS_PORT", "6066") or 6066),
+                   help="port of /metrics, /healthz, /readyz; 0 = none "
+                        "(env CLSMON_METRICS_PORT, default 6066)")
+    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _add_topic_prefix(p)
+    p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
+                   help="partitions of the topics and the state table (env CLSMON_PARTITIONS, "
+                        "default 3); must match existing topics")
+    p.add_argument("--data-dir", default=_env("CLSMON_DATA_DIR"),
+                   help="Faust data directory, one per worker (env CLSMON_DATA_DIR, "
+                        "default: a temporary directory)")
+    p.add_argument("--store", default=_env("CLSMON_STORE", "memory://"),
+                   help="Faust table store: memory:// (state rebuilt from the changelog at "
+                        "start) or rocksdb:// (env CLSMON_STORE, default memory://)")
+    p.add_argument("--fetch-wait-ms", type=int, default=100,
+                   help="consumer fetch wait; sets latency when idle (default 100)")
+    p.add_argument("--grace-ms", type=int, default=300,
+                   help="how long to wait for a silent input topic before releasing newer "
+                        "messages of the others in arrival order (default 300)")
+    p.add_argument("--flush-idle-s", type=float, default=3.0,
+                   help="take a waiting lab-panel decision once the patient has been quiet "
+                        "this long (default 3)")
+    p.add_argument("--session-timeout", type=float, default=6.0,
+                   help="consumer group session timeout in seconds (default 6)")
+    p.add_argument("--producer-max-batch-size", type=int, default=1,
+                   help="bytes per produce batch; 1 (default) sends records one by one, which "
+                        "Tansu needs for exact table recovery; 0 = aiokafka's default "
+                        "(Apache Kafka)")
+    p.add_argument("--loglevel", default=_env("CLSMON_LOGLEVEL", "WARNING"),
+                   help="log level (env CLSMON_LOGLEVEL, default WARNING)")
+    _add_thresholds(p)
+
+
+def _worker_config(args: argparse.Namespace) -> Any:
+    from streams.topics import broker_url_of
+    from streams.worker import WorkerConfig
+
+    return WorkerConfig(
+        broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
+        partitions=args.partitions, web_port=args.web_port, web_host=args.web_host,
+        data_dir=args.data_dir, thresholds=args.thresholds, store=args.store,
+        fetch_wait_ms=args.fetch_wait_ms, grace_ms=args.grace_ms,
+        flush_idle_s=args.flush_idle_s,
+        session_timeout_s=args.session_timeout,
+        producer_max_batch_size=args.producer_max_batch_size, loglevel=args.loglevel)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run
+
+    load_thresholds(args.thresholds)  # a bad file is reported before Kafka is touched
+    return run(_worker_config(args))
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import run_broker_forever
+
+    return run_broker_forever(args.port)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.to:
+        return _cmd_simulate_to_file(args)
+    from streams.publish import Publisher, cohort_messages, publish
+    from streams.simulator import cohort
+    from streams.topics import TopicNames, bootstrap_of, ensure_topics
+
+    bootstrap = bootstrap_of(args.broker)
+    names = TopicNames(args.topic_prefix)
+    ensure_topics(bootstrap, names, args.partitions)
+    patients = cohort(args.patients, seed=args.seed, hours=args.hours,
+                      vitals_every_min=args.vitals_every_min)
+    total = len(patients) + sum(len(p.observations) for p in patients)
+    publisher = Publisher(bootstrap)
+    report = None if args.quiet else _progress_printer(total)
+    try:
+        n = publish(publisher, cohort_messages(patients, names), speed=args.speed or None,
+                    progress=report)
+    finally:
+        publisher.close()
+    if not args.quiet:
+        print(f"published {n} messages ({len(patients)} patients) to {names.prefix}*",
+              flush=True)
+    return 0
+
+
+def _progress_printer(total: int, every_s: float = 2.0) -> Callable[[int, int], None]:
+    import time
+
+    from detectors.observation import format_time
+
+    last = [0.0]
+
+    def report(done: int, arrival_ms: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or done == total:
+            last[0] = now
+            sim = format_time(arrival_ms) if arrival_ms else "-"
+            print(f"simulate: {done}/{total} messages sent, simulated time {sim}", flush=True)
+
+    return report
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    load_thresholds(args.thresholds)
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clsmon",
         description="Watch ICU patients for capillary leak syndrome phases "
-                    "(prodromal, leak, recovery). Alerts are advisory.")
+                    "(prodromal, leak, recovery). Alerts are advisory.",
+        epilog="Environment: CLSMON_BROKER (broker URL), CLSMON_TOPIC_PREFIX (topic prefix), "
+               "CLSMON_METRICS_PORT (worker /metrics port), CLSMON_STORE (Faust table store), "
+               "CLSMON_THRESHOLDS (TOML thresholds file); see each command's --help.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="run recorded observations (CSV/Parquet) through the "
@@ -102,16 +225,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="synthetic patients (CLS episodes and confounders)",
                        description="Generate a synthetic cohort. With --to, write it to a file "
-                                   "(plus .patients.csv and .truth.csv beside it).")
+                                   "(plus .patients.csv and .truth.csv beside it); with "
+                                   "--broker, publish it to the patients, vitals and labs "
+                                   "topics, paced by --speed.")
     p.add_argument("--patients", type=int, default=int(_env("CLSMON_SIM_PATIENTS", "20")),
                    help="cohort size (env CLSMON_SIM_PATIENTS, default 20)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--hours", type=float, default=168.0, help="hours per patient (default 168)")
     p.add_argument("--vitals-every-min", type=float, default=5.0,
                    help="minutes between vital sets (default 5)")
-    p.add_argument("--to", metavar="FILE", required=True,
-                   help="write observations to this CSV/Parquet file")
-    p.set_defaults(func=_cmd_simulate_to_file)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="FILE",
+                       help="write observations to this CSV/Parquet file")
+    where.add_argument("--broker", metavar="URL", nargs="?", const=_env("CLSMON_BROKER",
+                                                                      DEFAULT_BROKER),
+                       help="publish to the topics of this broker (kafka://HOST:PORT or "
+                            "HOST:PORT; without a value: env CLSMON_BROKER, else "
+                            f"{DEFAULT_BROKER})")
+    p.add_argument("--speed", type=float, default=float(_env("CLSMON_SIM_SPEED", "3600")),
+                   help="with --broker: simulated seconds per real second (3600 = one "
+                        "simulated hour per second; 0 = as fast as possible; env "
+                        "CLSMON_SIM_SPEED, default 3600)")
+    _add_topic_prefix(p)
+    p.add_argument("--partitions", type=int, default=3,
+                   help="partitions of the topics if they must be created (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground",
+                       description="Run the embedded Kafka-compatible broker (Tansu, in-memory) "
+                                   "until Ctrl-C or SIGTERM. For development and the demo.")
+    p.add_argument("--port", type=int, default=9092, help="TCP port on 127.0.0.1 (default 9092)")
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("worker", help="run the stream worker (Faust) against a Kafka broker",
+                       description="Consume vitals, labs and patients; dead-letter bad input; "
+                                   "detect CLS phases; publish alerts. Serves /metrics, /healthz "
+                                   "and /readyz. Stops cleanly on SIGTERM or Ctrl-C.")
+    _add_worker_options(p)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("demo", help="broker + worker + simulated patients; alerts on screen",
+                       description="Start the embedded broker, a worker and the simulator, and "
+                                   "print alerts as they are raised. Ctrl-C stops everything.")
+    p.add_argument("--port", type=int, default=0,
+                   help="broker port (default: a free one)")
+    p.add_argument("--patients", type=int, default=int(_env("CLSMON_SIM_PATIENTS", "20")),
+                   help="cohort size (env CLSMON_SIM_PATIENTS, default 20)")
+    p.add_argument("--speed", type=float, default=float(_env("CLSMON_SIM_SPEED", "7200")),
+                   help="simulated seconds per real second (env CLSMON_SIM_SPEED, default 7200)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--hours", type=float, default=168.0, help="hours per patient (default 168)")
+    p.add_argument("--web-port", type=int,
+                   default=int(_env("CLSMON_METRICS_PORT", "6066") or 6066),
+                   help="worker metrics port (env CLSMON_METRICS_PORT, default 6066)")
+    _add_thresholds(p)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

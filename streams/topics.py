@@ -1,0 +1,91 @@
+"""Topic names and their creation: one place for the event contract's topic list.
+
+Every topic is keyed by ``patient_id`` and has the same number of partitions, so partition ``p``
+of ``vitals``, ``labs`` and ``patients`` holds the same patients (co-partitioning): the worker
+that owns partition ``p`` sees all of one patient's inputs and can put them back in arrival order
+(``streams.ordering``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.broker import create_topics
+
+DEFAULT_PREFIX = "clsmon."
+#: kinds published to the ``labs`` topic; every other kind is a bedside reading (``vitals``)
+LAB_KINDS = frozenset({"hematocrit", "albumin", "leukocytes", "hemoglobin", "lactate"})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The contract's topics under one prefix (``clsmon.`` by default)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def vitals(self) -> str:
+        return self.prefix + "vitals"
+
+    @property
+    def labs(self) -> str:
+        return self.prefix + "labs"
+
+    @property
+    def patients(self) -> str:
+        return self.prefix + "patients"
+
+    @property
+    def alerts(self) -> str:
+        return self.prefix + "alerts"
+
+    @property
+    def alert_acks(self) -> str:
+        return self.prefix + "alert-acks"
+
+    @property
+    def dead_letters(self) -> str:
+        return self.prefix + "dead-letters"
+
+    @property
+    def ticks(self) -> str:
+        """Internal: the worker's clock, one message per partition and interval (see worker)."""
+        return self.prefix + "ticks"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        """Topics the detection agent reads, in tie-break rank order (context first)."""
+        return (self.patients, self.vitals, self.labs)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.vitals, self.labs, self.patients, self.alerts, self.alert_acks,
+                self.dead_letters, self.ticks)
+
+    def for_kind(self, kind: object) -> str:
+        """The topic an observation of ``kind`` is published to (unknown kinds: vitals)."""
+        return self.labs if isinstance(kind, str) and kind.strip().lower() in LAB_KINDS \
+            else self.vitals
+
+
+def ensure_topics(bootstrap: str, names: TopicNames, partitions: int) -> list[str]:
+    """Create the contract's topics if missing (idempotent); returns those created now."""
+    return create_topics(bootstrap, names.all(), partitions=partitions)
+
+
+def bootstrap_of(broker_url: str) -> str:
+    """``kafka://h:p[;kafka://h2:p2]`` (Faust's form) -> ``h:p[,h2:p2]`` (Kafka clients')."""
+    hosts = []
+    for part in broker_url.replace(",", ";").split(";"):
+        part = part.strip()
+        if "://" in part:
+            part = part.split("://", 1)[1]
+        if part:
+            hosts.append(part.rstrip("/"))
+    if not hosts:
+        raise ValueError(f"no broker address in {broker_url!r}")
+    return ",".join(hosts)
+
+
+def broker_url_of(address: str) -> str:
+    """Accept ``host:port`` or ``kafka://host:port``; return Faust's ``kafka://`` form."""
+    return ";".join(f"kafka://{h}" for h in bootstrap_of(address).split(","))

@@ -1,0 +1,471 @@
+"""The stream worker: Faust app, one detection agent, a state table with a changelog.
+
+One agent reads ``patients``, ``vitals``, ``labs`` (co-partitioned by patient_id) and the worker's
+own ``ticks`` topic. Per message it: decodes and validates with the SAME code as the replay
+(``detectors.observation``); dead-letters what fails (original key and bytes, topic, partition,
+offset, reason); puts the rest back into arrival order (``streams.ordering``); folds them into the
+patient's ``PatientState`` (``detectors.phases.step``) and emits alerts.
+
+Delivery discipline (at-least-once, nothing lost, nothing acknowledged early): the agent reads
+with acknowledgements off and acknowledges a message only after its effects (state changelog,
+alerts, dead letter) were handed to the producer; Faust flushes the producer before it commits
+offsets. After a crash the uncommitted messages come again: the engine drops exact redeliveries
+and alert ids are deterministic, so downstream sees duplicates at worst, never a gap.
+
+State writes are coalesced: a batch released by the ordering buffer writes each patient it
+touched once, after the whole batch (the changelog write per message halves throughput), and
+only then acknowledges the batch, so coalescing never lets an offset commit run ahead of state.
+
+``ticks``: Faust only lets an agent act when a message arrives, and a table may only be written
+from the stream. The worker therefore sends itself a tick per partition every ``tick_s``; a tick
+releases messages the ordering buffer held for a silent source, and takes the decision a lab panel
+is waiting for (``detectors.phases.flush``) once its patient has been quiet for ``flush_idle_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from detectors.alerts import Alert
+from detectors.config import Thresholds, load_thresholds
+from detectors.observation import Observation, PatientContext, Rejection, normalise, parse_context
+from detectors.phases import apply_context, flush, step
+from detectors.state import PatientState
+from streams import codec
+from streams.metrics import Metrics, serve
+from streams.ordering import PartitionMerge
+from streams.topics import TopicNames, bootstrap_of, ensure_topics
+
+log = logging.getLogger(__name__)
+TABLE_NAME = "patient-state"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Every knob of a worker; the CLI fills it from flags and ``CLSMON_*`` variables."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    topic_prefix: str = "clsmon."
+    partitions: int = 3
+    web_port: int = 6066  # 0 = no HTTP server
+    web_host: str = "0.0.0.0"  # noqa: S104
+    data_dir: str | None = None  # None: a fresh temporary directory
+    thresholds: str | None = None
+    store: str = "memory://"
+    #: Faust hard-codes a 1.5 s fetch wait, which sets end-to-end latency
+    fetch_wait_ms: int = 100
+    #: how long the ordering buffer waits for a silent source (see streams.ordering)
+    grace_ms: int = 300
+    tick_s: float = 0.1
+    flush_idle_s: float = 3.0
+    #: seconds; Tansu completes a group join after about half of it (60 s default -> 30 s start)
+    session_timeout_s: float = 6.0
+    #: 1 = one record per produce batch. Tansu reports a wrong end offset after batched sends,
+    #: and Faust's table recovery stops there, losing the last state updates (measured).
+    #: Keep 1 on Tansu; on Apache Kafka set 0 (aiokafka's default batching).
+    producer_max_batch_size: int = 1
+    loglevel: str = "WARNING"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    @property
+    def app_id(self) -> str:
+        """Consumer group and changelog prefix: one per topic prefix."""
+        return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-worker"
+
+
+# --- Faust's fixed fetch wait ---------------------------------------------------------------------
+
+class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust hard-codes ``fetch_max_wait_ms=1500``; replace it before the consumer starts."""
+
+    fetch_max_wait_ms: int = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by consumer.start()
+        return consumer
+
+
+class _LowLatencyConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _LowLatencyConsumerThread:
+        return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _LowLatencyTransport(faust_aiokafka.Transport):
+    Consumer = _LowLatencyConsumer
+
+
+def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
+    """Faust settings tuned for a fast start and low latency (see README / design.md)."""
+    session = cfg.session_timeout_s
+    settings: dict[str, Any] = {
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": min(0.5, session / 6),
+        "broker_rebalance_timeout": session,
+        "broker_request_timeout": max(10.0, session + 4),
+        "broker_commit_interval": 0.5,
+        "topic_partitions": cfg.partitions,
+        "topic_replication_factor": 1,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+        "store": cfg.store,
+        "datadir": data_dir,
+        "web_enabled": False,  # our own server serves /metrics, /healthz, /readyz
+        "producer_linger_ms": 0,
+    }
+    if cfg.producer_max_batch_size > 0:
+        settings["producer_max_batch_size"] = cfg.producer_max_batch_size
+    settings.update(cfg.extra)
+    return settings
+
+
+# --- the detection logic, Faust-free where it can be ----------------------------------------------
+
+@dataclass(slots=True)
+class _Item:
+    event: Any  # faust Event (acknowledged once processed)
+    value: Observation | PatientContext
+
+
+class Detector:
+    """What the agent does with each message; holds the per-partition buffers and caches.
+
+    The table is the source of truth; ``_states`` caches the parsed ``PatientState`` objects so
+    a message costs one ``step`` and not a JSON round trip.
+    """
+
+    def __init__(self, cfg: WorkerConfig, th: Thresholds, metrics: Metrics, table: Any,
+                 alerts_topic: Any, dead_topic: Any) -> None:
+        self.cfg = cfg
+        self.th = th
+        self.metrics = metrics
+        self.names = cfg.names
+        self.table = table
+        self.alerts_topic = alerts_topic
+        self.dead_topic = dead_topic
+        self._merges: dict[int, PartitionMerge[_Item]] = {}
+        self._states: dict[str, PatientState] = {}
+        self._partition_of: dict[str, int] = {}
+        self._last_msg_ts: dict[str, float] = {}
+        self._last_active: dict[str, float] = {}
+        self._pending: dict[int, set[str]] = {}
+        self._phase_of: dict[str, str] = {}
+        self._phases_dirty = True
+
+    # -- entry points ------------------------------------------------------------------------
+    def on_event(self, event: Any, now: float | None = None) -> None:
+        """Handle one message of any input topic; never raises."""
+        now = time.time() if now is None else now
+        msg = event.message
+        try:
+            if msg.topic == self.names.ticks:
+                self.on_tick(msg.partition, now)
+                event.ack()
+                return
+            item = self._ingest(event)
+            if item is None:
+                return
+            merge = self._merge(msg.partition, now)
+            merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item, int(now * 1000))
+            self._release(msg.partition, now)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
+            log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+            self._internal_error(event, exc)
+
+    def on_tick(self, partition: int, now: float) -> None:
+        """Release what a silent source held back; flush lab panels of quiet patients."""
+        self._release(partition, now)
+        quiet = [pid for pid in self._pending.get(partition, ())
+                 if now - self._last_active.get(pid, 0.0) >= self.cfg.flush_idle_s]
+        for pid in quiet:
+            self._pending[partition].discard(pid)
+            st = self._state(pid)
+            if st is None:
+                continue
+            alerts = flush(st, self.th)
+            self._write(partition, pid)
+            self._emit(alerts, None, now)
+        self._refresh_gauges()
+
+    def on_revoked(self) -> None:
+        """Partitions are moving: drop buffers and caches; unacknowledged work comes again."""
+        self._merges.clear()
+        self._states.clear()
+        self._pending.clear()
+        self._phase_of.clear()
+        self._phases_dirty = True
+
+    # -- ingest --------------------------------------------------------------------------------
+    def _ingest(self, event: Any) -> _Item | None:
+        """Decode + validate; a bad message is dead-lettered and acknowledged here (None)."""
+        msg = event.message
+        is_context = msg.topic == self.names.patients
+        doc = codec.decode_object(event.value)
+        kind = "context" if is_context else "unknown"
+        if isinstance(doc, Rejection):
+            self._dead_letter(event, doc, kind)
+            return None
+        if not is_context:
+            raw_kind = doc.get("kind")
+            kind = raw_kind.strip().lower() if isinstance(raw_kind, str) else "unknown"
+        value = parse_context(doc) if is_context else normalise(doc)
+        if isinstance(value, Rejection):
+            self._dead_letter(event, value, _kind_label(kind))
+            return None
+        key = codec.key_text(event.key)
+        if key != value.patient_id:
+            self._dead_letter(event, Rejection(
+                "inconsistent", f"message key {key!r} is not the patient_id "
+                f"{value.patient_id!r} (keys route a patient to one partition)"), value.kind
+                if isinstance(value, Observation) else "context")
+            return None
+        return _Item(event, value)
+
+    # -- detection -----------------------------------------------------------------------------
+    def _release(self, partition: int, now: float) -> None:
+        merge = self._merges.get(partition)
+        if merge is None:
+            return
+        items = merge.pop_ready(int(now * 1000))
+        if not items:
+            return
+        dirty: set[str] = set()
+        done: list[Any] = []
+        for item in items:
+            try:
+                self._process(item, partition, now, dirty)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
+                log.exception("internal error processing %r", item.value)
+                self._internal_error(item.event, exc)
+                continue
+            done.append(item.event)
+        for pid in dirty:
+            self._write(partition, pid)
+        for event in done:  # only now: their state is with the producer
+            event.ack()
+        self.metrics.buffered.set(sum(len(m) for m in self._merges.values()))
+
+    def _process(self, item: _Item, partition: int, now: float, dirty: set[str]) -> None:
+        value = item.value
+        pid = value.patient_id
+        msg = item.event.message
+        self._partition_of[pid] = partition
+        self._last_active[pid] = now
+        self._last_msg_ts[pid] = msg.timestamp or now
+        self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
+        if isinstance(value, PatientContext):
+            st = apply_context(self._state(pid), value)
+            self.metrics.observations.labels("context", "context").inc()
+            if st is None:
+                self._forget(partition, pid)
+            else:
+                self._states[pid] = st
+                dirty.add(pid)
+            return
+        st = self._state(pid)
+        result = step(st, value, self.th)
+        if st is None:
+            self._states[pid] = result.state
+        if result.status == "rejected":  # e.g. an impossible urine rate: an artefact
+            why = result.rejection or Rejection("rejected", "rejected by the detectors")
+            self._dead_letter(item.event, why, value.kind, ack=False)
+        else:
+            self.metrics.observations.labels(value.kind, result.status).inc()
+        if result.status != "duplicate":
+            dirty.add(pid)
+        if result.state.pending:
+            self._pending.setdefault(partition, set()).add(pid)
+        else:
+            self._pending.get(partition, set()).discard(pid)
+        self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
+        self._emit(result.alerts, msg.timestamp, now)
+
+    def _state(self, pid: str) -> PatientState | None:
+        st = self._states.get(pid)
+        if st is None:
+            raw = self.table.data.get(pid.encode())
+            if raw is not None:
+                st = PatientState.from_json(raw)
+                self._states[pid] = st
+        return st
+
+    def _write(self, partition: int, pid: str) -> None:
+        st = self._states.get(pid)
+        if st is None:
+            return
+        key, value = pid.encode(), st.to_json()
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
+        if self._phase_of.get(pid) != st.phase:
+            self._phase_of[pid] = st.phase
+            self._phases_dirty = True
+
+    def _forget(self, partition: int, pid: str) -> None:
+        key = pid.encode()
+        self._states.pop(pid, None)
+        self._phase_of.pop(pid, None)
+        self._phases_dirty = True
+        self._pending.get(partition, set()).discard(pid)
+        if self.table.data.get(key) is not None:
+            del self.table.data[key]
+            self.table.send_changelog(partition, key, None)
+
+    def _emit(self, alerts: Iterable[Alert], msg_ts: float | None, now: float) -> None:
+        for alert in alerts:
+            doc = alert.to_dict(emitted_at=codec.now_iso())
+            self.alerts_topic.send_soon(key=alert.patient_id.encode(), value=codec.encode(doc))
+            self.metrics.alerts.labels(alert.phase, alert.severity).inc()
+            if msg_ts is not None:
+                self.metrics.latency.observe(max(0.0, time.time() - msg_ts))
+
+    # -- dead letters --------------------------------------------------------------------------
+    def _dead_letter(self, event: Any, why: Rejection, kind: str, ack: bool = True) -> None:
+        msg = event.message
+        record = codec.dead_letter(key=event.key, value=event.value, topic=msg.topic,
+                                   partition=msg.partition, offset=msg.offset,
+                                   reason=why.reason, detail=why.detail)
+        self.dead_topic.send_soon(key=event.key, value=record)
+        self.metrics.dead_letters.labels(why.reason).inc()
+        self.metrics.observations.labels(_kind_label(kind), "dead_letter").inc()
+        if ack:
+            event.ack()
+
+    def _internal_error(self, event: Any, exc: BaseException) -> None:
+        try:
+            self._dead_letter(event, Rejection("internal_error", f"{type(exc).__name__}: {exc}"),
+                              "unknown")
+        except Exception:  # noqa: BLE001 - last resort: count it and move on
+            log.exception("could not dead-letter after an internal error")
+            self.metrics.dead_letters.labels("internal_error").inc()
+            event.ack()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _merge(self, partition: int, now: float) -> PartitionMerge[_Item]:
+        merge = self._merges.get(partition)
+        if merge is None:
+            merge = PartitionMerge(self.names.inputs, self.cfg.grace_ms, int(now * 1000))
+            self._merges[partition] = merge
+        return merge
+
+    def _refresh_gauges(self) -> None:
+        if not self._phases_dirty:
+            return
+        if not self._phase_of:
+            for raw in list(self.table.data.values()):
+                if raw:
+                    st = PatientState.from_json(raw)
+                    self._phase_of[st.patient_id] = st.phase
+        counts = Counter(self._phase_of.values())
+        for phase in ("none", "prodromal", "leak", "recovery"):
+            self.metrics.patients.labels(phase).set(counts.get(phase, 0))
+        self._phases_dirty = False
+
+
+def _kind_label(kind: str) -> str:
+    """Metric label for a kind: canonical kinds and ``context``; anything else is ``unknown``
+    (a label per misspelt kind would let bad input grow the series without bound)."""
+    from detectors.units import KINDS, canonical_kind
+
+    if kind == "context":
+        return kind
+    canonical = canonical_kind(kind) if kind else None
+    return canonical if canonical in KINDS else "unknown"
+
+
+def _ts_ms(msg: Any, now: float) -> int:
+    return int((msg.timestamp if msg.timestamp else now) * 1000)
+
+
+# --- the Faust app ------------------------------------------------------------------------------
+
+@dataclass
+class Worker:
+    app: faust.App
+    detector: Detector
+    metrics: Metrics
+    ready: threading.Event
+    data_dir: str
+
+
+def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
+    """The Faust app with its topics, table, agent and timers (not started)."""
+    th = load_thresholds(cfg.thresholds)
+    metrics = metrics or Metrics()
+    data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-worker-")
+    os.makedirs(data_dir, exist_ok=True)
+    app = faust.App(cfg.app_id, broker=cfg.broker, **faust_settings(cfg, data_dir))
+    if cfg.fetch_wait_ms is not None:
+        _LowLatencyConsumerThread.fetch_max_wait_ms = cfg.fetch_wait_ms
+        app.transport = _LowLatencyTransport(app.conf.broker_consumer, app)
+    names = cfg.names
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw"}
+    inputs = app.topic(*names.inputs, names.ticks, **raw)
+    alerts_topic = app.topic(names.alerts, **raw)
+    dead_topic = app.topic(names.dead_letters, **raw)
+    ticks_topic = app.topic(names.ticks, **raw)
+    table = app.Table(TABLE_NAME, partitions=cfg.partitions,
+                      schema=faust.Schema(**raw))  # type: ignore[arg-type]
+    detector = Detector(cfg, th, metrics, table, alerts_topic, dead_topic)
+    ready = threading.Event()
+
+    @app.agent(inputs, name="detect")
+    async def detect(stream: Any) -> None:
+        async for event in stream.noack().events():
+            detector.on_event(event)
+
+    @app.timer(cfg.tick_s)
+    async def tick() -> None:
+        for partition in range(cfg.partitions):
+            await ticks_topic.send(value=b"", partition=partition)
+
+    @app.task
+    async def started() -> None:  # runs after the table has been recovered
+        ready.set()
+        metrics.ready.set(1)
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        detector.on_revoked()
+
+    return Worker(app, detector, metrics, ready, data_dir)
+
+
+def run(cfg: WorkerConfig) -> int:
+    """Create the topics, start the HTTP server and run the worker until SIGTERM/SIGINT.
+
+    Must run in the main thread (Faust installs signal handlers).
+    """
+    ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
+    worker = build(cfg)
+    server = serve(worker.metrics, worker.ready, cfg.web_port, cfg.web_host) \
+        if cfg.web_port else None
+    print(f"clsmon worker: broker {cfg.broker}, topics {cfg.topic_prefix}*, "
+          f"{cfg.partitions} partitions"
+          + (f", metrics http://{cfg.web_host}:{cfg.web_port}/metrics" if server else ""),
+          flush=True)
+    try:
+        faust.Worker(worker.app, loglevel=cfg.loglevel, quiet=True,
+                     redirect_stdouts=False).execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0

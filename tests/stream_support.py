@@ -1,0 +1,154 @@
+"""Helpers for the stream tests: a worker subprocess, topic readers, the replay reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams import replay as rp
+from streams.broker import free_port
+from streams.publish import Outgoing
+from streams.topics import TopicNames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+class WorkerProcess:
+    """``python -m streams.cli worker`` in a child process, with its metrics port."""
+
+    def __init__(self, bootstrap: str, prefix: str, data_dir: Path, *extra: str,
+                 partitions: int = 3) -> None:
+        self.port = free_port()
+        self.log_path = data_dir / f"worker-{self.port}.log"
+        cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
+               "--web-port", str(self.port), "--web-host", "127.0.0.1", "--topic-prefix", prefix,
+               "--partitions", str(partitions), "--data-dir", str(data_dir / "faust"),
+               "--flush-idle-s", "1", "--fetch-wait-ms", "10", *extra]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_ready(self, timeout: float = 45.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n"
+                                     f"{self.output()}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready in {timeout} s:\n{self.output()}")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, text = self.get("/metrics")
+        assert status == 200
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(v for (n, lab), v in self.metrics().items()
+                   if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+
+    def wait_for(self, name: str, at_least: float, timeout: float = 60.0, **labels: str) -> float:
+        deadline = time.monotonic() + timeout
+        value = 0.0
+        while time.monotonic() < deadline:
+            value = self.total(name, **labels)
+            if value >= at_least:
+                return value
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{name}{labels} = {value}, expected >= {at_least}\n"
+                             f"{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def read_topic(bootstrap: str, topic: str, done: Callable[[list[Any]], bool],
+               timeout: float = 30.0, partitions: int = 3) -> list[Any]:
+    """Every record of ``topic`` from the start (no consumer group: no join wait) until
+    ``done(records)`` or the timeout."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=500)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if done(records):
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+def alert_docs(records: Iterable[Any]) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in records]
+
+
+def replay_alert_ids(messages: Sequence[Outgoing], names: TopicNames, tmp: Path) -> set[str]:
+    """The alert ids ``clsmon replay`` gives for these messages (contexts + observations in
+    this order), through the same files and functions as the command."""
+    obs = [m.doc for m in messages if m.topic != names.patients]
+    contexts = [m.doc for m in messages if m.topic == names.patients]
+    path = tmp / f"obs-{uuid.uuid4().hex[:6]}.csv"
+    pd.DataFrame(obs, columns=["patient_id", "observed_at", "kind", "value", "unit", "source",
+                               "period_min"]).to_csv(path, index=False)
+    ctx_path = path.with_suffix(".patients.csv")
+    pd.DataFrame(contexts)[["patient_id", "sex", "weight_kg", "birth_year"]].to_csv(
+        ctx_path, index=False)
+    result = rp.replay_frame(rp.read_observations(path), rp.read_contexts(ctx_path))
+    return {a.alert_id for a in result.alerts}
