@@ -164,3 +164,12 @@ class TestThresholdsConfig:
 
     def test_derived_slot_length_follows_an_override(self):
         assert thresholds_from_mapping({"bp_slot_min": 10}).bp_slot_ms == 600_000
+
+
+def test_the_example_thresholds_file_documents_the_defaults():
+    from pathlib import Path
+
+    from detectors.config import DEFAULT_THRESHOLDS
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "thresholds.example.toml"
+    assert load_thresholds(example) == DEFAULT_THRESHOLDS
