@@ -58,6 +58,10 @@ class Thresholds:
     weight_gain_window_h: float = 48.0
     #: [D] persistence: a second weighing must confirm the gain (one scale error never alerts)
     weight_confirm_readings: int = 2
+    #: [D] from Wu 2019 ("very low urine output" in the prodrome): a single heavy weighing is
+    #: confirmed when the urine flow of the 6 h before it is below 60 % of the admission flow
+    prodrome_urine_fall_ratio: float = 0.6
+    prodrome_urine_hours: float = 6.0
     #: [D] Wu 2019: the prodrome precedes the leak by 1-2 days; a prodrome with no leak after 72 h
     #: is closed (back to none) so a patient does not stay flagged for good.
     prodrome_expiry_h: float = 72.0

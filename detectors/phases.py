@@ -248,6 +248,8 @@ def _on_urine(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
         st.uo_end = max(st.uo_end, end)  # first collection with no period: marks the start
         return False, "accepted"
     add_urine(st, start, end, obs.value, _URINE_HORIZON_MS)
+    add_baseline(st, "urine_ml_h", end, obs.value / ((end - start) / HOUR_MS),
+                 int(th.baseline_labs_h * HOUR_MS))
     st.uo_end = max(st.uo_end, end)
     return st.phase in ("leak", "recovery"), "accepted"
 
@@ -419,12 +421,30 @@ def _leak_alert(st: PatientState, facts: _Facts, th: Thresholds,
                        headline=headline)
 
 
-def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> Evidence | None:
+def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence | None]:
+    """A prodromal sign at time t: urine flow well below the patient's admission flow."""
+    admission = st.baseline("urine_ml_h", 3)
+
+    def sign(t: int) -> Evidence | None:
+        if admission is None:
+            return None
+        flow = urine.rate_ml_per_kg_h(st.uo, t, th.prodrome_urine_hours, 1.0)  # mL/h
+        if flow is None or flow >= admission * th.prodrome_urine_fall_ratio:
+            return None
+        return Evidence("falling_urine_output", flow, "mL/h",
+                        f"< {th.prodrome_urine_fall_ratio:.0%} of the admission flow over "
+                        f"{th.prodrome_urine_hours:g} h", t, admission)
+
+    return sign
+
+
+def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> list[Evidence] | None:
     baseline = facts.weight_baseline or th.default_weight_kg
-    gain = weight_gain.confirmed_gain(st.wt, baseline, st.phase_since + 1, th)
-    if gain is None:
+    found = weight_gain.confirmed_gain(st.wt, baseline, st.phase_since + 1, th,
+                                       _urine_falling(st, th))
+    if found is None:
         return None
-    at = gain.observed_at_ms
+    at = found[0].observed_at_ms
     if at < st.max_t - PRODROME_MAX_AGE_MS:
         return None  # too old to be a prodrome, and older than the shock runs kept to rule out
     lookback = at - th.weight_gain_window_h * HOUR_MS
@@ -434,16 +454,16 @@ def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> Evidence | Non
     hcts = [h for h in st.lab("hematocrit") if lookback <= h[0] <= at]
     if len(hcts) >= 2 and max(h[1] for h in hcts) - hcts[-1][1] >= th.hct_fall_points:
         return None  # weight up while Hct falls: hemodilution from fluids
-    return gain
+    return found
 
 
 def _decide_none(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | None:
     onset = _leak_onset(st, facts, th, st.phase_since, both_after=False)
     if onset is not None:
         return _leak_alert(st, facts, th, onset, new_episode=True)
-    gain = _prodrome(st, facts, th)
-    if gain is not None:
-        return _transition(st, "prodromal", "warning", gain.observed_at_ms, [gain],
+    found = _prodrome(st, facts, th)
+    if found is not None:
+        return _transition(st, "prodromal", "warning", found[0].observed_at_ms, found,
                            new_episode=True)
     return None
 

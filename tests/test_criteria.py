@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from builders import HOUR, MIN, T0
 
+from detectors.alerts import Evidence
 from detectors.config import DEFAULT_THRESHOLDS as TH
 from detectors.config import ThresholdsError, load_thresholds, thresholds_from_mapping
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
@@ -104,8 +105,15 @@ class TestWeightGain:
 
     def test_two_weighings_confirm_a_gain_of_three_percent_within_48_h(self):
         w = [[T0, 70.0], [T0 + 12 * HOUR, 72.2], [T0 + 24 * HOUR, 72.4]]
-        e = weight_gain.confirmed_gain(w, 70.0, 0, TH)
-        assert e is not None and e.observed_at_ms == T0 + 24 * HOUR and e.value == 72.4
+        (e,) = weight_gain.confirmed_gain(w, 70.0, 0, TH)
+        assert e.observed_at_ms == T0 + 24 * HOUR and e.value == 72.4
+
+    def test_one_heavy_weighing_with_a_supporting_sign_is_confirmed(self):
+        w = [[T0, 70.0], [T0 + 12 * HOUR, 73.0]]
+        sign = Evidence("falling_urine_output", 20.0, "mL/h", "< 60 %", T0 + 12 * HOUR)
+        found = weight_gain.confirmed_gain(w, 70.0, 0, TH, lambda t: sign)
+        assert [e.criterion for e in found] == ["rapid_weight_gain", "falling_urine_output"]
+        assert weight_gain.confirmed_gain(w, 70.0, 0, TH, lambda t: None) is None
 
     def test_two_kilograms_count_for_a_heavy_patient(self):
         w = [[T0, 120.0], [T0 + 12 * HOUR, 122.1], [T0 + 24 * HOUR, 122.2]]

@@ -152,6 +152,19 @@ def test_a_confirmed_rapid_weight_gain_with_normal_pressure_is_a_prodrome():
     assert alerts[0].evidence[0].criterion == "rapid_weight_gain"
 
 
+def test_a_heavy_weighing_with_a_falling_urine_output_is_a_prodrome_at_once():
+    rows = vitals(0, 60, 120, 85, every_min=15)
+    rows += [obs("weight", w, T0 + h * HOUR, "kg") for h, w in ((2, 70.0), (14, 70.1),
+                                                                 (38, 72.5))]
+    rows += [obs("urine_output", 70 if h < 30 else 25, T0 + (h + 1) * HOUR, "mL", period_min=60)
+             for h in range(48)]
+    alerts, _ = run(by_time(rows))
+    assert phases(alerts) == ["prodromal/warning"]
+    assert alerts[0].raised_at_ms == T0 + 38 * HOUR
+    assert [e.criterion for e in alerts[0].evidence] == ["rapid_weight_gain",
+                                                         "falling_urine_output"]
+
+
 def test_a_prodrome_with_no_leak_closes_after_72_hours():
     rows = vitals(0, 120, 120, 85, every_min=15)
     rows += [obs("weight", w, T0 + h * HOUR, "kg") for h, w in

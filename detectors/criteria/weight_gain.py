@@ -8,6 +8,8 @@ the weight >= 5 % over baseline (Druey 2010, Cordemans 2012).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from detectors.alerts import Evidence
 from detectors.config import HOUR_MS, Thresholds
 
@@ -31,9 +33,14 @@ def gain_at(weighings: list[list[float]], i: int, baseline_kg: float, th: Thresh
 
 
 def confirmed_gain(weighings: list[list[float]], baseline_kg: float, since: int,
-                   th: Thresholds) -> Evidence | None:
-    """Evidence at the weighing that confirms a rapid gain (the ``weight_confirm_readings``-th
-    consecutive weighing meeting the criterion), looking only at weighings from ``since``."""
+                   th: Thresholds,
+                   supporting_sign: Callable[[int], Evidence | None] | None = None
+                   ) -> list[Evidence] | None:
+    """Evidence at the weighing that confirms a rapid gain, looking only at weighings from
+    ``since``: the ``weight_confirm_readings``-th consecutive weighing meeting the criterion, or
+    the first one when ``supporting_sign(t)`` finds a prodromal sign at its time (Wu 2019: the
+    prodrome comes with a very low urine output). With 12-hourly weighings a second weighing
+    alone often comes after the leak has begun."""
     streak = 0
     for i, (t, kg) in enumerate(weighings):
         gain = gain_at(weighings, i, baseline_kg, th)
@@ -41,11 +48,18 @@ def confirmed_gain(weighings: list[list[float]], baseline_kg: float, since: int,
             streak = 0
             continue
         streak += 1
-        if streak >= th.weight_confirm_readings and t >= since:
-            return Evidence("rapid_weight_gain", kg, "kg",
-                            f"gain >= {th.weight_gain_pct:g} % of baseline or >= "
-                            f"{th.weight_gain_kg:g} kg within {th.weight_gain_window_h:g} h "
-                            f"(+{gain:.1f} kg)", int(t), baseline_kg)
+        if t < since:
+            continue
+        sign = None
+        if streak < th.weight_confirm_readings:
+            sign = supporting_sign(int(t)) if supporting_sign is not None else None
+            if sign is None:
+                continue
+        found = Evidence("rapid_weight_gain", kg, "kg",
+                         f"gain >= {th.weight_gain_pct:g} % of baseline or >= "
+                         f"{th.weight_gain_kg:g} kg within {th.weight_gain_window_h:g} h "
+                         f"(+{gain:.1f} kg)", int(t), baseline_kg)
+        return [found, sign] if sign is not None else [found]
     return None
 
 
