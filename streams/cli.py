@@ -12,9 +12,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detectors.config import ThresholdsError, load_thresholds
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from streams.replay import ReplayResult
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
@@ -41,6 +46,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         rp.write_alerts(result.alerts, args.out)
     if args.rejects:
         rp.write_rejects(result.rejects, args.rejects)
+    if args.plots:
+        written = _timelines(df, result, args.plots, contexts)
     if not args.quiet:
         for line in rp.summary_lines(result):
             print(line)
@@ -48,16 +55,71 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"alerts written to {args.out}")
         if args.rejects:
             print(f"rejected rows written to {args.rejects}")
+        if args.plots:
+            print(f"{written} timeline plots written to {args.plots}")
+    return 0
+
+
+def _timelines(df: pd.DataFrame, result: ReplayResult, out_dir: str,
+               contexts: list[dict[str, Any]] | None, truth: pd.DataFrame | None = None) -> int:
+    """One PNG per alerted patient (observations, alerts, and true phases when known)."""
+    from streams import replay as rp
+    from streams.plots import plot_patient
+
+    norm, ok = rp.validate(df)
+    canon = norm[ok]
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for a in result.alerts:
+        by_patient.setdefault(a.patient_id, []).append(a.to_dict())
+    weights = {str(c.get("patient_id")): c.get("weight_kg") for c in contexts or []}
+    for pid, alerts in by_patient.items():
+        intervals = [] if truth is None else truth[truth["patient_id"] == pid].to_dict("records")
+        weight = weights.get(pid)
+        plot_patient(pid, canon[canon["patient_id"] == pid], alerts,
+                     Path(out_dir) / f"{pid}.png", intervals,
+                     float(weight) if weight not in (None, "") else None)
+    return len(by_patient)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from streams import evaluate as ev
+    from streams import replay as rp
+
+    th = load_thresholds(args.thresholds)
+    truth = ev.read_truth(args.truth)
+    df = rp.read_observations(args.observations)
+    contexts = rp.read_contexts(args.patients) if args.patients else None
+    scored, result, _ = ev.evaluate(df, truth, contexts, th)
+    path = ev.write_report(scored, args.report)
+    if args.plots:
+        _timelines(df, result, str(Path(args.report) / "timelines"), contexts, truth)
+    s = scored.summary
+    print(f"patients {s['patients']}, leak episodes {s['leak_episodes']}, "
+          f"alerts {s['alerts']}")
+    print(f"leak sensitivity {(s['leak_sensitivity'] or 0):.1%}   prodrome "
+          f"{(s['prodrome_sensitivity'] or 0):.1%}   "
+          f"recovery {(s['recovery_sensitivity'] or 0):.1%}")
+    d = s["leak_delay_h"]
+    if d["n"]:
+        print(f"leak delay after criteria measurable: median {d['median']:.2f} h "
+              f"(IQR {d['q1']:.2f}-{d['q3']:.2f})")
+    print(f"PPV {(s['ppv'] or 0):.1%}   alerts/patient-day non-CLS "
+          f"{(s['non_cls_alerts_per_patient_day'] or 0):.4f}")
+    print(f"report: {path}")
     return 0
 
 
 def _cmd_simulate_to_file(args: argparse.Namespace) -> int:
+    import json
+
     import pandas as pd
 
     from streams.simulator import cohort
 
-    patients = cohort(args.patients, seed=args.seed, hours=args.hours,
-                      vitals_every_min=args.vitals_every_min)
+    mix = json.loads(args.mix) if args.mix else None
+    patients = cohort(args.patients, seed=args.seed, hours=args.hours, mix=mix,
+                      vitals_every_min=args.vitals_every_min, missing=args.missing,
+                      labs_missing=args.labs_missing)
     out = Path(args.to)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [o for p in patients for o in p.observations]
@@ -158,8 +220,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     bootstrap = bootstrap_of(args.broker)
     names = TopicNames(args.topic_prefix)
     ensure_topics(bootstrap, names, args.partitions)
-    patients = cohort(args.patients, seed=args.seed, hours=args.hours,
-                      vitals_every_min=args.vitals_every_min)
+    import json
+
+    mix = json.loads(args.mix) if args.mix else None
+    patients = cohort(args.patients, seed=args.seed, hours=args.hours, mix=mix,
+                      vitals_every_min=args.vitals_every_min, missing=args.missing,
+                      labs_missing=args.labs_missing)
     total = len(patients) + sum(len(p.observations) for p in patients)
     publisher = Publisher(bootstrap)
     report = None if args.quiet else _progress_printer(total)
@@ -220,8 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", metavar="FILE", help="rejected rows with reasons (.jsonl/.csv)")
     p.add_argument("--sort", action="store_true", help="sort by event time first (stable)")
     p.add_argument("--quiet", action="store_true", help="no summary, no progress")
+    p.add_argument("--plots", metavar="DIR", help="write a timeline PNG per alerted patient")
     _add_thresholds(p)
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("evaluate", help="score the detectors against ground truth (report)",
+                       description="Replay observations and score the alerts against ground-"
+                                   "truth phase intervals (patient_id, phase, start, end, "
+                                   "profile): sensitivity per episode and phase, delay, lead "
+                                   "time, PPV, alerts per patient-day, false alerts by "
+                                   "confounder. Writes DIR/report.html, metrics.json, "
+                                   "episodes.csv.")
+    p.add_argument("observations", help="CSV or Parquet file")
+    p.add_argument("--truth", metavar="TRUTH.csv", required=True,
+                   help="ground truth (clsmon simulate --to writes FILE.truth.csv)")
+    p.add_argument("--patients", metavar="CONTEXT.csv", help="patient context")
+    p.add_argument("--report", metavar="DIR", required=True, help="where the report goes")
+    p.add_argument("--plots", action="store_true",
+                   help="also a timeline per alerted patient in DIR/timelines")
+    _add_thresholds(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("simulate", help="synthetic patients (CLS episodes and confounders)",
                        description="Generate a synthetic cohort. With --to, write it to a file "
@@ -234,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=168.0, help="hours per patient (default 168)")
     p.add_argument("--vitals-every-min", type=float, default=5.0,
                    help="minutes between vital sets (default 5)")
+    p.add_argument("--mix", metavar="JSON",
+                   help='profile shares, e.g. \'{"scls": 0.5, "stable": 0.5}\' (default: a '
+                        "third CLS, the rest confounders and stable patients)")
+    p.add_argument("--missing", type=float, default=0.0,
+                   help="share of vitals missing, with occasional monitor gaps (default 0)")
+    p.add_argument("--labs-missing", type=float, default=0.0,
+                   help="share of lab draws missing (default 0)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", metavar="FILE",
                        help="write observations to this CSV/Parquet file")

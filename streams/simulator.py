@@ -15,6 +15,13 @@ Profiles (numbers from clinical-criteria.md):
 - ``dehydration``: hypotension and Hct up but albumin concentrated and weight falling.
 - ``diuretic``: polyuria with normal blood pressure and no preceding leak.
 - ``artefact``: stable, with line-flush zeros, single low spikes and one bad weighing.
+- secondary CLS: ``sepsis_cls`` (no prodrome, WBC very high, Hct 48-54 %), ``gemcitabine_cls``
+  (slow oedematous prodrome, milder shock, Hct 46-50 %), ``engraftment_cls`` (post-transplant
+  anaemia: Hct rises 20-30 % from a 26-30 % baseline, below every absolute cut-off, so only the
+  relative criterion can see it).
+
+``missing`` drops that share of vitals at random and opens monitor gaps (30-120 min) now and then;
+``labs_missing`` skips that share of lab draws: real charts have holes.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from detectors.observation import format_time
 HOUR_MS = 3_600_000
 MIN_MS = 60_000
 PROFILES = ("stable", "scls", "scls_relapse", "septic_shock", "dehydration", "diuretic",
-            "artefact")
+            "artefact", "sepsis_cls", "gemcitabine_cls", "engraftment_cls")
+#: profiles with a capillary-leak episode (ground truth has a leak interval)
+CLS_PROFILES = ("scls", "scls_relapse", "sepsis_cls", "gemcitabine_cls", "engraftment_cls")
 
 
 @dataclass
@@ -113,6 +122,8 @@ def _plan(profile: str, rng: random.Random, weight: float, hours: float
             uo.to(x0 - 1, 3.0).to(x0 + 1, 0.3).hold(x1).to(x1 + 4, 3.2).hold(x1 + 30)
             truth = [("prodromal", p0, l0), ("leak", l0, l1), ("recovery", l1, x0),
                      ("leak", x0, x1), ("recovery", x1, min(hours, x1 + 60))]
+    elif profile in ("sepsis_cls", "gemcitabine_cls", "engraftment_cls"):
+        truth = _secondary_cls(profile, rng, tracks, weight, hours)
     elif profile == "septic_shock":
         s0 = rng.uniform(12, 36)
         s1 = s0 + rng.uniform(18, 30)
@@ -141,11 +152,63 @@ def _plan(profile: str, rng: random.Random, weight: float, hours: float
     return tracks, truth
 
 
+def _secondary_cls(profile: str, rng: random.Random, tr: dict[str, _Track], weight: float,
+                   hours: float) -> list[tuple[str, float, float]]:
+    """Secondary capillary leak: the same three phases with etiology-specific severity."""
+    sbp, mapp, hct, alb, wbc, wt, uo, hr = (tr[k] for k in ("sbp", "map", "hematocrit", "albumin",
+                                                          "leukocytes", "weight", "urine",
+                                                          "heart_rate"))
+    truth: list[tuple[str, float, float]] = []
+    if profile == "engraftment_cls":
+        hct.points = [(0.0, rng.uniform(26, 30))]
+    base_hct = hct.at(0)
+    if profile == "sepsis_cls":
+        p0 = None
+        l0 = rng.uniform(12, 40)
+        peak = rng.uniform(48, 54)
+        nadir_sbp, nadir_map = rng.uniform(72, 86), rng.uniform(50, 60)
+        alb_low, wbc_peak, gain = rng.uniform(2.2, 2.7), rng.uniform(18, 30), 0.05
+    elif profile == "gemcitabine_cls":
+        p0 = rng.uniform(16, 30)
+        l0 = p0 + rng.uniform(36, 48)
+        peak = rng.uniform(46, 50)
+        nadir_sbp, nadir_map = rng.uniform(80, 87), rng.uniform(56, 62)
+        alb_low, wbc_peak, gain = rng.uniform(2.0, 2.5), rng.uniform(8, 13), 0.06
+    else:  # engraftment
+        p0 = rng.uniform(16, 30)
+        l0 = p0 + rng.uniform(24, 36)
+        peak = base_hct * rng.uniform(1.22, 1.32)
+        nadir_sbp, nadir_map = rng.uniform(75, 88), rng.uniform(52, 62)
+        alb_low, wbc_peak, gain = rng.uniform(2.3, 2.8), rng.uniform(2, 6), 0.045
+    l1 = l0 + rng.uniform(18, 36)
+    r1 = min(hours, l1 + rng.uniform(48, 80))
+    start = p0 if p0 is not None else l0
+    for track in (sbp, mapp, hct, alb, wbc, uo, hr, wt):
+        track.hold(start)
+    if p0 is not None:
+        wt.to(l0, weight * (1 + gain))
+        truth.append(("prodromal", p0, l0))
+    wt.to(l1, weight * (1 + gain * 1.5)).to(r1, weight * (1 + gain))
+    hct.hold(l0).to(l0 + 3, peak).hold(l1).to(l1 + 30, base_hct + 0.5)
+    sbp.hold(l0).to(l0 + 1, nadir_sbp).hold(l1).to(l1 + 3, rng.uniform(108, 122))
+    mapp.hold(l0).to(l0 + 1, nadir_map).hold(l1).to(l1 + 3, rng.uniform(76, 86))
+    alb.hold(l0).to(l0 + 8, alb_low).hold(l1).to(r1, 3.1)
+    wbc.hold(l0).to(l0 + 6, wbc_peak).hold(l1).to(l1 + 24, wbc.at(0))
+    uo.hold(l0).to(l0 + 2, rng.uniform(0.2, 0.45)).hold(l1)
+    uo.to(l1 + 4, rng.uniform(2.4, 3.6)).hold(l1 + 36).to(l1 + 48, 1.1)
+    hr.hold(l0).to(l0 + 1, rng.uniform(110, 135)).hold(l1).to(l1 + 4, 88)
+    truth += [("leak", l0, l1), ("recovery", l1, r1)]
+    return truth
+
+
 def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours: float = 168.0,
                  vitals_every_min: float = 5.0, labs_every_h: float = 6.0,
-                 alt_units: bool = False, sex: str | None = "?") -> Patient:
+                 alt_units: bool = False, sex: str | None = "?", missing: float = 0.0,
+                 labs_missing: float = 0.0) -> Patient:
     """One synthetic patient; ``alt_units`` sends kPa, lb, L/L, g/L, /uL (UCUM) instead."""
     rng = random.Random(seed)
+    holes = random.Random(seed ^ 0x5EED)  # missing data drawn apart: the course stays the same
+    gap_until = 0
     if sex == "?":
         sex = rng.choice(("F", "M", None))
     weight = round(rng.uniform(50, 100), 1)
@@ -168,19 +231,26 @@ def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours:
     end = start_ms + int(hours * HOUR_MS)
     while t < end:
         h = (t - start_ms) / HOUR_MS
+        if missing and t >= gap_until and holes.random() < missing / 50:
+            gap_until = t + int(holes.uniform(30, 120) * MIN_MS)  # monitor off the patient
+        skip = missing > 0 and (t < gap_until or holes.random() < missing)
         sbp = tracks["sbp"].at(h) + rng.gauss(0, 4)
         mapp = tracks["map"].at(h) + rng.gauss(0, 3)
         if profile == "artefact" and rng.random() < 0.01:
             sbp = 0.0  # line flush: must be rejected, never read as shock
         if profile == "artefact" and rng.random() < 0.01:
             sbp = 62.0  # a single spike: must not raise hypotension
+        heart_rate = tracks["heart_rate"].at(h) + rng.gauss(0, 3)
+        if skip:
+            t += step_ms
+            continue
         if alt_units:
             emit("sbp", sbp / 7.500617, t, "kPa", t)
             emit("map", mapp / 7.500617, t, "kPa", t)
         else:
             emit("sbp", sbp, t, "mm[Hg]", t)
             emit("map", mapp, t, "mmHg", t)
-        emit("heart_rate", tracks["heart_rate"].at(h) + rng.gauss(0, 3), t, "/min", t)
+        emit("heart_rate", heart_rate, t, "/min", t)
         t += step_ms
     lab_ms = int(labs_every_h * HOUR_MS)
     t = start_ms + int(rng.uniform(0, 2) * HOUR_MS)
@@ -190,6 +260,9 @@ def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours:
         hct = tracks["hematocrit"].at(h) + rng.gauss(0, 0.7)
         alb = tracks["albumin"].at(h) + rng.gauss(0, 0.08)
         wbc = max(0.5, tracks["leukocytes"].at(h) + rng.gauss(0, 0.6))
+        if labs_missing and holes.random() < labs_missing:
+            t += lab_ms
+            continue
         if alt_units:
             emit("hematocrit", hct / 100, t, "L/L", t + delay)
             emit("albumin", alb * 10, t, "g/L", t + delay)
@@ -220,6 +293,8 @@ def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours:
         t += HOUR_MS
     arrivals.sort(key=lambda a: (a[0], a[1]))
     patient.observations = [a[2] for a in arrivals]
+    if not truth:  # no CLS course: one "none" interval, so the profile is on record
+        truth = [("none", 0.0, hours)]
     patient.truth = [{"patient_id": patient_id, "phase": ph,
                       "start": format_time(start_ms + int(a * HOUR_MS)),
                       "end": format_time(start_ms + int(min(b, hours) * HOUR_MS))}

@@ -1,0 +1,344 @@
+"""How well do the detectors work? Alerts from a replay scored against ground truth.
+
+The figures are the ones clinical-criteria.md asks for ("What good looks like"): sensitivity per
+episode and per phase, lead time, alerts per patient-day and PPV, not only AUROC, plus false
+alerts by confounder so a reader sees WHICH patients the detector bothers clinicians about.
+
+Definitions (stated in the report):
+- a leak episode is *detected* when a leak alert is raised between 2 h before its true start
+  (labs drawn just before the true onset) and its true end;
+- *leak delay* is raised_at minus the time the criteria became measurable: the first Hct draw
+  inside the true leak that meets the hemoconcentration criterion, and at least 10 minutes of
+  hypotension (the persistence rule), whichever is later; raised_at is event time, so the wait
+  for the lab result itself (1-3 h in the simulator) comes on top at the bedside; the delay
+  from the true onset is reported too (it includes the wait for the next draw);
+- a prodrome is detected when a prodromal alert falls inside the true prodrome or between it and
+  the leak; *lead time* is true leak start minus the prodromal alert;
+- recovery is detected when a recovery alert falls inside the true recovery interval;
+- an alert is a *true positive* when it lies within a patient's true CLS course (prodrome start
+  - 6 h to recovery end + 24 h); PPV = true positive alerts / all alerts. Only alerts of severity
+  warning and above count (info = an episode closed);
+- alerts per patient-day on non-CLS patients = their alerts / their days of data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, MIN_MS, Thresholds
+from detectors.criteria import hemoconcentration
+from detectors.observation import parse_time_ms
+from streams import replay as rp
+
+DETECT_BEFORE_MS = 2 * HOUR_MS
+COURSE_BEFORE_MS = 6 * HOUR_MS
+COURSE_AFTER_MS = 24 * HOUR_MS
+COUNTED_SEVERITIES = ("warning", "high", "critical")
+TARGETS = {"leak_sensitivity": 0.95, "median_leak_delay_h": 1.0,
+           "non_cls_alerts_per_patient_day": 0.05}
+
+
+@dataclass
+class Evaluation:
+    patients: int = 0
+    patient_days: float = 0.0
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # one row per true leak
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # one row per counted alert
+    by_profile: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise rp.ReplayError(f"truth file not found: {p}")
+    truth = pd.read_csv(p, dtype="string", keep_default_na=False)
+    missing = [c for c in ("patient_id", "phase", "start", "end") if c not in truth.columns]
+    if missing:
+        raise rp.ReplayError(f"{p}: missing column(s) {', '.join(missing)}")
+    truth = truth.assign(start_ms=truth["start"].map(parse_time_ms),
+                         end_ms=truth["end"].map(parse_time_ms))
+    if "profile" not in truth.columns:
+        truth["profile"] = ""
+    return truth
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "q1": None, "q3": None, "n": 0}
+    arr = np.asarray(values, dtype=float)
+    return {"median": float(np.median(arr)), "q1": float(np.percentile(arr, 25)),
+            "q3": float(np.percentile(arr, 75)), "n": len(values)}
+
+
+def evaluate(observations: pd.DataFrame, truth: pd.DataFrame,
+             contexts: list[dict[str, Any]] | None = None,
+             th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[Evaluation, rp.ReplayResult,
+                                                             pd.DataFrame]:
+    """Replay ``observations`` and score the alerts against ``truth``."""
+    result = rp.replay_frame(observations, contexts, th)
+    norm, ok = rp.validate(observations)
+    canon = norm[ok]
+    ev = Evaluation()
+    span = canon.groupby("patient_id")["t"].agg(["min", "max"])
+    ev.patients = len(span)
+    days = ((span["max"] - span["min"]) / (24 * HOUR_MS)).clip(lower=1 / 24)
+    ev.patient_days = float(days.sum())
+    profile_of = truth.groupby("patient_id")["profile"].first().to_dict()
+    alerts_of: dict[str, list[dict[str, Any]]] = {}
+    for a in result.alerts:
+        if a.severity in COUNTED_SEVERITIES:
+            alerts_of.setdefault(a.patient_id, []).append(a.to_dict() | {"t": a.raised_at_ms})
+    hct = canon[canon["kind"] == "hematocrit"].sort_values("t")
+    hct_of = {pid: g[["t", "value"]].to_numpy() for pid, g in hct.groupby("patient_id")}
+    cls_truth = truth[truth["phase"].isin(["prodromal", "leak", "recovery"])]
+    detected = {"prodromal": [0, 0], "leak": [0, 0], "recovery": [0, 0]}
+    delays_h: list[float] = []
+    onset_h: list[float] = []
+    lead_h: list[float] = []
+    for pid, rows in cls_truth.groupby("patient_id"):
+        rows = rows.sort_values("start_ms")
+        alerts = alerts_of.get(pid, [])
+        state = result.states.get(pid)
+        sex = state.sex if state else None
+        baseline = state.baseline("hematocrit") if state else None
+        leaks = rows[rows["phase"] == "leak"]
+        for _, leak in leaks.iterrows():
+            start, end = int(leak["start_ms"]), int(leak["end_ms"])
+            hits = [a for a in alerts if a["phase"] == "leak" and a["severity"] == "high"
+                    and start - DETECT_BEFORE_MS <= a["t"] <= end]
+            detected["leak"][1] += 1
+            measurable = None
+            for t, value in hct_of.get(pid, np.empty((0, 2))):
+                if start <= t <= end and hemoconcentration.is_hemoconcentrated(
+                        value, baseline, sex, th):
+                    measurable = max(int(t), start + int(th.hypotension_hold_min * MIN_MS))
+                    break
+            row = {"patient_id": pid, "profile": profile_of.get(pid, ""),
+                   "leak_start": leak["start"], "leak_end": leak["end"],
+                   "detected": bool(hits), "alert_at": None, "delay_h": None,
+                   "from_onset_h": None,
+                   "measurable": measurable is not None}
+            if hits:
+                detected["leak"][0] += 1
+                row["alert_at"] = hits[0]["raised_at"]
+                row["from_onset_h"] = (hits[0]["t"] - start) / HOUR_MS
+                onset_h.append(row["from_onset_h"])
+                if measurable is not None:
+                    row["delay_h"] = (hits[0]["t"] - measurable) / HOUR_MS
+                    delays_h.append(row["delay_h"])
+            ev.episodes.append(row)
+            prodromes = rows[(rows["phase"] == "prodromal") & (rows["end_ms"] <= start + 1)]
+            for _, pro in prodromes.tail(1).iterrows():
+                detected["prodromal"][1] += 1
+                early = [a for a in alerts if a["phase"] == "prodromal"
+                         and int(pro["start_ms"]) <= a["t"] <= start]
+                if early:
+                    detected["prodromal"][0] += 1
+                    lead_h.append((start - early[0]["t"]) / HOUR_MS)
+        for _, rec in rows[rows["phase"] == "recovery"].iterrows():
+            detected["recovery"][1] += 1
+            if any(a["phase"] == "recovery" and int(rec["start_ms"]) <= a["t"] <= int(
+                    rec["end_ms"]) for a in alerts):
+                detected["recovery"][0] += 1
+    course = {pid: (int(g["start_ms"].min()) - COURSE_BEFORE_MS,
+                    int(g["end_ms"].max()) + COURSE_AFTER_MS)
+              for pid, g in cls_truth.groupby("patient_id")}
+    true_positive = 0
+    for pid, alerts in alerts_of.items():
+        window = course.get(pid)
+        for a in alerts:
+            tp = window is not None and window[0] <= a["t"] <= window[1]
+            true_positive += tp
+            ev.alerts.append({"patient_id": pid, "profile": profile_of.get(pid, ""),
+                              "phase": a["phase"], "severity": a["severity"],
+                              "raised_at": a["raised_at"], "true_positive": tp})
+    n_alerts = len(ev.alerts)
+    days_of = days.to_dict()
+    profiles = sorted({profile_of.get(pid, "") for pid in span.index})
+    for profile in profiles:
+        pids = [pid for pid in span.index if profile_of.get(pid, "") == profile]
+        n = sum(len(alerts_of.get(pid, [])) for pid in pids)
+        d = sum(days_of[pid] for pid in pids)
+        false = sum(1 for a in ev.alerts if a["profile"] == profile and not a["true_positive"])
+        ev.by_profile.append({"profile": profile or "(unknown)", "patients": len(pids),
+                              "patient_days": round(d, 1), "alerts": n,
+                              "false_alerts": false,
+                              "alerts_per_patient_day": round(n / d, 4) if d else None})
+    cls_pids = set(cls_truth["patient_id"])
+    non_cls = [pid for pid in span.index if pid not in cls_pids]
+    non_cls_days = sum(days_of[pid] for pid in non_cls)
+    non_cls_alerts = sum(len(alerts_of.get(pid, [])) for pid in non_cls)
+    for phase, (hit, total) in detected.items():
+        ev.phases[phase] = {"detected": hit, "episodes": total,
+                            "sensitivity": hit / total if total else None}
+    delay = _quantiles(delays_h)
+    ev.summary = {
+        "patients": ev.patients, "patient_days": round(ev.patient_days, 1),
+        "cls_patients": len(cls_pids), "non_cls_patients": len(non_cls),
+        "leak_episodes": detected["leak"][1],
+        "leak_sensitivity": ev.phases["leak"]["sensitivity"],
+        "prodrome_sensitivity": ev.phases["prodromal"]["sensitivity"],
+        "recovery_sensitivity": ev.phases["recovery"]["sensitivity"],
+        "leak_delay_h": delay, "leak_delay_from_onset_h": _quantiles(onset_h),
+        "prodrome_lead_time_h": _quantiles(lead_h),
+        "alerts": n_alerts, "ppv": true_positive / n_alerts if n_alerts else None,
+        "alerts_per_patient_day": n_alerts / ev.patient_days if ev.patient_days else None,
+        "non_cls_alerts_per_patient_day": (non_cls_alerts / non_cls_days
+                                           if non_cls_days else None),
+        "observations": result.observations, "rejected": len(result.rejects),
+        "replay_seconds": round(result.seconds, 2),
+    }
+    ev.summary["targets"] = TARGETS
+    ev.summary["met"] = {
+        "leak_sensitivity": (ev.summary["leak_sensitivity"] or 0) >= TARGETS["leak_sensitivity"],
+        "median_leak_delay_h": delay["median"] is not None
+        and delay["median"] < TARGETS["median_leak_delay_h"],
+        "non_cls_alerts_per_patient_day": (ev.summary["non_cls_alerts_per_patient_day"]
+                                           or 0) < TARGETS["non_cls_alerts_per_patient_day"],
+    }
+    return ev, result, canon
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _figure_png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _figures(ev: Evaluation) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # off-screen: reports are written on servers and in CI
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    delays = [e["delay_h"] for e in ev.episodes if e["delay_h"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if delays:
+        ax.hist(delays, bins=min(30, max(5, len(delays) // 3)), color="#e4572e")
+        ax.axvline(float(np.median(delays)), color="black", ls="--", lw=1,
+                   label=f"median {np.median(delays):.2f} h")
+        ax.legend()
+    ax.set_xlabel("leak alert delay after criteria measurable (h)")
+    ax.set_ylabel("episodes")
+    figs["delay"] = _figure_png(fig)
+    frame = pd.DataFrame(ev.episodes)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if len(frame):
+        sens = frame.groupby("profile")["detected"].mean().sort_values()
+        ax.barh(sens.index, sens.values * 100, color="#4c9be8")
+        ax.axvline(95, color="black", ls="--", lw=1)
+    ax.set_xlabel("leak episodes detected (%)")
+    figs["sensitivity"] = _figure_png(fig)
+    prof = pd.DataFrame(ev.by_profile)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if len(prof):
+        prof = prof.sort_values("alerts_per_patient_day")
+        ax.barh(prof["profile"], prof["alerts_per_patient_day"], color="#8a8a8a")
+    ax.set_xlabel("alerts per patient-day (warning and above)")
+    figs["burden"] = _figure_png(fig)
+    return figs
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.3g}"
+        return html.escape("" if v is None else str(v))
+
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r[c])}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _hours(q: dict[str, Any]) -> str:
+    if not q["n"]:
+        return "n/a"
+    return f"{q['median']:.2f} h (IQR {q['q1']:.2f}-{q['q3']:.2f}, n={q['n']})"
+
+
+def write_report(ev: Evaluation, out_dir: str | Path) -> Path:
+    """DIR/report.html (tables and figures), DIR/metrics.json, DIR/episodes.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(
+        {"summary": ev.summary, "phases": ev.phases, "by_profile": ev.by_profile}, indent=2,
+        default=str) + "\n")
+    pd.DataFrame(ev.episodes).to_csv(out / "episodes.csv", index=False)
+    s = ev.summary
+    figs = _figures(ev)
+    headline = [
+        {"measure": "leak episodes detected", "value": _pct(s["leak_sensitivity"]),
+         "target": ">= 95 %", "met": s["met"]["leak_sensitivity"]},
+        {"measure": "leak alert delay after criteria measurable (median)",
+         "value": _hours(s["leak_delay_h"]), "target": "< 1 h",
+         "met": s["met"]["median_leak_delay_h"]},
+        {"measure": "alerts per patient-day, non-CLS patients",
+         "value": f"{s['non_cls_alerts_per_patient_day']:.4f}"
+         if s["non_cls_alerts_per_patient_day"] is not None else "n/a",
+         "target": "< 0.05", "met": s["met"]["non_cls_alerts_per_patient_day"]},
+        {"measure": "leak alert after the true onset (median; labs every 6 h)",
+         "value": _hours(s["leak_delay_from_onset_h"]), "target": "", "met": ""},
+        {"measure": "prodromes detected", "value": _pct(s["prodrome_sensitivity"]),
+         "target": "", "met": ""},
+        {"measure": "prodrome lead time before the leak", "value": _hours(
+            s["prodrome_lead_time_h"]), "target": "", "met": ""},
+        {"measure": "recoveries detected", "value": _pct(s["recovery_sensitivity"]),
+         "target": "", "met": ""},
+        {"measure": "PPV (alerts within a true CLS course)", "value": _pct(s["ppv"]),
+         "target": "", "met": ""},
+        {"measure": "alerts per patient-day, all patients",
+         "value": f"{s['alerts_per_patient_day']:.4f}" if s["alerts_per_patient_day"]
+         is not None else "n/a", "target": "", "met": ""},
+    ]
+    missed = [e for e in ev.episodes if not e["detected"]]
+    false_alerts = [a for a in ev.alerts if not a["true_positive"]]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>clsmon evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
+font-size:13px;text-align:left}}th{{background:#f3f3f3}}img{{margin:0 1em 1em 0}}</style>
+</head><body>
+<h1>clsmon evaluation</h1>
+<p>{s['patients']} patients, {s['patient_days']} patient-days, {s['cls_patients']} with a CLS
+course ({s['leak_episodes']} leak episodes), {s['observations']:,} observations
+({s['rejected']:,} rejected), replayed in {s['replay_seconds']} s.</p>
+<h2>Headline</h2>{_table(headline)}
+<img src="data:image/png;base64,{figs['delay']}" alt="leak alert delay">
+<img src="data:image/png;base64,{figs['sensitivity']}" alt="sensitivity by profile">
+<img src="data:image/png;base64,{figs['burden']}" alt="alert burden by profile">
+<h2>By phase</h2>{_table([{"phase": k, **v} for k, v in ev.phases.items()])}
+<h2>By profile (false alerts by confounder type)</h2>{_table(ev.by_profile)}
+<h2>Missed leak episodes</h2>{_table(missed)}
+<h2>False alerts</h2>{_table(false_alerts[:200])}
+<h2>Definitions</h2><pre>{html.escape(__doc__ or '')}</pre>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
