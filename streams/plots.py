@@ -47,7 +47,8 @@ def plot_patient(patient_id: str, observations: pd.DataFrame, alerts: Iterable[d
         weight_kg: normalises urine output to mL/kg/h (70 kg when unknown).
     """
     obs = observations.assign(when=_dt(observations["t"]))
-    fig, axes = plt.subplots(5, 1, figsize=(13, 11), sharex=True,
+    alerts = list(alerts)
+    fig, axes = plt.subplots(5, 1, figsize=(13, 11 + 0.15 * len(alerts)), sharex=True,
                              gridspec_kw={"height_ratios": [3, 2, 2, 1.5, 1.5]})
     for ax, (title, series, cut) in zip(axes, _PANELS, strict=False):
         for kind, label, colour in series:
@@ -76,21 +77,26 @@ def plot_patient(patient_id: str, observations: pd.DataFrame, alerts: Iterable[d
             a.axvspan(start, end, color=colour, alpha=0.12, lw=0)
         axes[0].text(start, 1.02, f"true {interval['phase']}",
                      transform=axes[0].get_xaxis_transform(), fontsize=7, color=colour)
-    for i, alert in enumerate(alerts):
+    legend_lines = []
+    for i, alert in enumerate(alerts, start=1):
         when = _dt(alert["raised_at"])
         colour = PHASE_COLOURS.get(alert["phase"], "#333333")
         for a in axes:
             a.axvline(when, color=colour, lw=1.2)
-        evidence = alert.get("evidence") or []
-        first = (f"\n{evidence[0]['criterion']} {evidence[0]['value']:g} {evidence[0]['unit']}"
-                 if evidence else "")
-        axes[0].annotate(f"{alert['phase']}/{alert['severity']}{first}", (when, 1.0),
-                         xycoords=("data", "axes fraction"), xytext=(3, -12 - 22 * (i % 3)),
-                         textcoords="offset points", fontsize=7, color=colour, va="top")
+        axes[0].annotate(str(i), (when, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(2, -10), textcoords="offset points", fontsize=8,
+                         color=colour, fontweight="bold")
+        evidence = "; ".join(f"{e['criterion']} {e['value']:g} {e['unit']}"
+                             for e in (alert.get("evidence") or [])[:3])
+        legend_lines.append(f"{i}. {when:%d %b %H:%M}  {alert['phase']}/{alert['severity']}"
+                            f"  {evidence}")
+    if legend_lines:
+        fig.text(0.01, 0.005, "\n".join(legend_lines), fontsize=7.5, family="monospace",
+                 va="bottom")
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%d %b\n%H:%M", tz=UTC))
     fig.suptitle(f"{patient_id}: observations, true phases (shaded) and alerts (lines)",
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.012 * (len(legend_lines) + 1), 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
