@@ -128,6 +128,9 @@ def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
         "datadir": data_dir,
         "web_enabled": False,  # our own server serves /metrics, /healthz, /readyz
         "producer_linger_ms": 0,
+        # messages held by the ordering buffer are unacknowledged by design; at shutdown they
+        # are left for the next start (at-least-once) instead of blocking the stop
+        "stream_wait_empty": False,
     }
     if cfg.producer_max_batch_size > 0:
         settings["producer_max_batch_size"] = cfg.producer_max_batch_size
@@ -420,7 +423,9 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     alerts_topic = app.topic(names.alerts, **raw)
     dead_topic = app.topic(names.dead_letters, **raw)
     ticks_topic = app.topic(names.ticks, **raw)
-    table = app.Table(TABLE_NAME, partitions=cfg.partitions,
+    # bytes in, bytes out (PatientState.to_json): key_type/value_type=bytes selects the raw
+    # serializer for the changelog writes, the schema the same for recovery reads
+    table = app.Table(TABLE_NAME, partitions=cfg.partitions, key_type=bytes, value_type=bytes,
                       schema=faust.Schema(**raw))  # type: ignore[arg-type]
     detector = Detector(cfg, th, metrics, table, alerts_topic, dead_topic)
     ready = threading.Event()

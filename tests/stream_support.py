@@ -58,7 +58,8 @@ class WorkerProcess:
             return exc.code, exc.read().decode()
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def wait_ready(self, timeout: float = 45.0) -> None:
@@ -152,3 +153,23 @@ def replay_alert_ids(messages: Sequence[Outgoing], names: TopicNames, tmp: Path)
         ctx_path, index=False)
     result = rp.replay_frame(rp.read_observations(path), rp.read_contexts(ctx_path))
     return {a.alert_id for a in result.alerts}
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, at_least: int,
+                   timeout: float = 30.0) -> int:
+    """Wait until ``group`` has committed ``at_least`` offsets of ``topic`` (all partitions)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout
+    total = 0
+    try:
+        while time.monotonic() < deadline:
+            offsets = admin.list_group_offsets(group).get(group, {})
+            total = sum(o.offset for tp, o in offsets.items() if tp.topic == topic)
+            if total >= at_least:
+                return total
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    raise AssertionError(f"{group} committed {total} of {topic}, expected >= {at_least}")
