@@ -1,0 +1,153 @@
+"""Broker-free tests of the stream layer: ordering merge, codec, the detector's error path, CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from detectors.config import DEFAULT_THRESHOLDS
+from streams import codec
+from streams.cli import build_parser
+from streams.metrics import Metrics
+from streams.ordering import PartitionMerge
+from streams.worker import Detector, WorkerConfig
+
+SOURCES = ("p", "v", "l")
+
+
+def test_merge_restores_timestamp_order_across_sources_in_backlog() -> None:
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    now = 10_000  # backlog: every timestamp is old, every source is active
+    m.push("p", 0, 0, "p0", now)
+    for ts in (1, 4, 6):
+        m.push("l", ts, ts, f"l{ts}", now)
+    assert m.pop_ready(now) == []  # v and p could still deliver something earlier
+    for ts in (2, 3, 5, 7):
+        m.push("v", ts, ts, f"v{ts}", now)
+    m.push("p", 8, 0, "p8", now)
+    assert m.pop_ready(now) == ["p0", "l1", "v2", "v3", "l4", "v5", "l6"]
+    assert len(m) == 2  # v7 waits: l has not reached 7 and is not silent yet
+
+
+def test_merge_releases_after_grace_when_a_source_is_silent() -> None:
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    m.push("v", 1_000, 0, "v", now_ms=1_005)
+    assert m.pop_ready(1_100) == []
+    assert m.pop_ready(1_305) == ["v"]
+
+
+def test_merge_ties_follow_source_rank() -> None:
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    m.push("p", 4, 0, "ctx4", 10_000)
+    m.push("l", 5, 0, "lab", 10_000)
+    m.push("v", 5, 0, "vital", 10_000)
+    assert m.pop_ready(10_000) == ["ctx4"]  # p ranks first and could still send ts 5
+    m.push("p", 6, 0, "ctx", 10_000)
+    assert m.pop_ready(10_000) == ["vital", "lab"]
+
+
+def test_decode_and_dead_letter_records() -> None:
+    assert codec.decode_object(b'{"a": 1}') == {"a": 1}
+    assert codec.decode_object(b"\xff").reason == "malformed_json"
+    assert codec.decode_object(b"[]").reason == "not_an_object"
+    assert codec.decode_object(None).reason == "malformed_json"
+    rec = json.loads(codec.dead_letter(key=b"k", value=b"\xff\x00", topic="t", partition=1,
+                                       offset=7, reason="malformed_json", detail="d"))
+    assert rec["value_encoding"] == "base64" and base64.b64decode(rec["value"]) == b"\xff\x00"
+    assert (rec["key"], rec["topic"], rec["partition"], rec["offset"]) == ("k", "t", 1, 7)
+
+
+# --- the detector with fake Faust objects --------------------------------------------------------
+
+@dataclass
+class _Msg:
+    topic: str
+    partition: int = 0
+    offset: int = 0
+    timestamp: float = 1_800_000_000.0
+
+
+@dataclass
+class _Event:
+    message: _Msg
+    key: bytes | None
+    value: bytes | None
+    acked: bool = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+@dataclass
+class _Topic:
+    sent: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def send_soon(self, key: Any = None, value: Any = None, **kw: Any) -> None:
+        self.sent.append((key, value))
+
+
+@dataclass
+class _Table:
+    data: dict[bytes, bytes] = field(default_factory=dict)
+    changelog: list[tuple[int, bytes, bytes | None]] = field(default_factory=list)
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.changelog.append((partition, key, value))
+
+
+def _detector() -> tuple[Detector, Metrics, _Table, _Topic, _Topic]:
+    metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0)
+    return Detector(cfg, DEFAULT_THRESHOLDS, metrics, table, alerts, dead), metrics, table, \
+        alerts, dead
+
+
+def _obs(t: str = "2026-11-25T04:10:00Z") -> bytes:
+    return json.dumps({"patient_id": "bed1", "kind": "sbp", "value": 120, "unit": "mmHg",
+                       "observed_at": t}).encode()
+
+
+def test_detector_stores_state_and_acks_after_the_write() -> None:
+    det, metrics, table, _, dead = _detector()
+    event = _Event(_Msg("u.vitals", offset=1), b"bed1", _obs())
+    det.on_event(event, now=1_800_000_001.0)
+    assert event.acked and b"bed1" in table.data and table.changelog[-1][:2] == (0, b"bed1")
+    assert metrics.registry.get_sample_value(
+        "clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 1
+    assert dead.sent == []
+
+
+def test_an_internal_error_is_dead_lettered_counted_and_acked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    det, metrics, _, _, dead = _detector()
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr("streams.worker.step", boom)
+    event = _Event(_Msg("u.vitals", offset=3), b"bed1", _obs())
+    det.on_event(event, now=1_800_000_001.0)  # must not raise
+    assert event.acked
+    record = json.loads(dead.sent[0][1])
+    assert record["reason"] == "internal_error" and "engine bug" in record["detail"]
+    assert metrics.registry.get_sample_value(
+        "clsmon_dead_letters_total", {"reason": "internal_error"}) == 1
+
+
+def test_simulate_needs_exactly_one_of_to_and_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for argv in (["simulate"], ["simulate", "--to", "x.csv", "--broker", "h:1"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        assert exc.value.code == 2
+    args = parser.parse_args(["simulate", "--broker", "h:1", "--speed", "60"])
+    assert (args.broker, args.speed, args.to) == ("h:1", 60.0, None)
+    help_text = parser.format_help()
+    for var in ("CLSMON_BROKER", "CLSMON_TOPIC_PREFIX", "CLSMON_METRICS_PORT", "CLSMON_STORE",
+                "CLSMON_THRESHOLDS"):
+        assert var in help_text
