@@ -20,8 +20,8 @@ SOURCES = ("p", "v", "l")
 
 
 def test_merge_restores_timestamp_order_across_sources_in_backlog() -> None:
-    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
     now = 10_000  # backlog: every timestamp is old, every source is active
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=now)
     m.push("p", 0, 0, "p0", now)
     for ts in (1, 4, 6):
         m.push("l", ts, ts, f"l{ts}", now)
@@ -41,13 +41,15 @@ def test_merge_releases_after_grace_when_a_source_is_silent() -> None:
 
 
 def test_merge_ties_follow_source_rank() -> None:
-    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=10_000)
     m.push("p", 4, 0, "ctx4", 10_000)
     m.push("l", 5, 0, "lab", 10_000)
     m.push("v", 5, 0, "vital", 10_000)
     assert m.pop_ready(10_000) == ["ctx4"]  # p ranks first and could still send ts 5
     m.push("p", 6, 0, "ctx", 10_000)
-    assert m.pop_ready(10_000) == ["vital", "lab"]
+    assert m.pop_ready(10_000) == ["vital"]  # v could still send another ts 5 before lab
+    m.push("v", 6, 1, "vital6", 10_000)
+    assert m.pop_ready(10_000) == ["lab"]
 
 
 def test_decode_and_dead_letter_records() -> None:
