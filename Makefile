@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean help
+.PHONY: install test lint demo bench bench-stream clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -33,3 +33,6 @@ bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+bench-stream: $(STAMP)  ## stream benchmark (embedded broker): obs/s and latency at 1,000/s
+	$(BIN)/python bench/stream_bench.py

@@ -12,9 +12,10 @@ alerts, dead letter) were handed to the producer; Faust flushes the producer bef
 offsets. After a crash the uncommitted messages come again: the engine drops exact redeliveries
 and alert ids are deterministic, so downstream sees duplicates at worst, never a gap.
 
-State writes are coalesced: a batch released by the ordering buffer writes each patient it
-touched once, after the whole batch (the changelog write per message halves throughput), and
-only then acknowledges the batch, so coalescing never lets an offset commit run ahead of state.
+State writes are coalesced: each patient changed since the last write is written once per tick
+(``tick_s``) or per ``write_batch`` messages (a changelog write per message halves throughput),
+and only then are those messages acknowledged, so coalescing never lets an offset commit run
+ahead of the state it produced. Alerts are not delayed by this: they are sent at once.
 
 ``ticks``: Faust only lets an agent act when a message arrives, and a table may only be written
 from the stream. The worker therefore sends itself a tick per partition every ``tick_s``; a tick
@@ -69,6 +70,8 @@ class WorkerConfig:
     #: how long the ordering buffer waits for a silent source (see streams.ordering)
     grace_ms: int = 300
     tick_s: float = 0.1
+    #: state is written (and its messages acknowledged) every tick or every this many messages
+    write_batch: int = 500
     flush_idle_s: float = 3.0
     #: seconds; Tansu completes a group join after about half of it (60 s default -> 30 s start)
     session_timeout_s: float = 6.0
@@ -168,6 +171,8 @@ class Detector:
         self._last_msg_ts: dict[str, float] = {}
         self._last_active: dict[str, float] = {}
         self._pending: dict[int, set[str]] = {}
+        self._dirty: dict[int, set[str]] = {}
+        self._unacked: dict[int, list[Any]] = {}
         self._phase_of: dict[str, str] = {}
         self._phases_dirty = True
 
@@ -192,8 +197,10 @@ class Detector:
             self._internal_error(event, exc)
 
     def on_tick(self, partition: int, now: float) -> None:
-        """Release what a silent source held back; flush lab panels of quiet patients."""
+        """Release what a silent source held back; flush lab panels of quiet patients;
+        persist the state changed since the last tick."""
         self._release(partition, now)
+        self._persist(partition)
         quiet = [pid for pid in self._pending.get(partition, ())
                  if now - self._last_active.get(pid, 0.0) >= self.cfg.flush_idle_s]
         for pid in quiet:
@@ -209,6 +216,8 @@ class Detector:
     def on_revoked(self) -> None:
         """Partitions are moving: drop buffers and caches; unacknowledged work comes again."""
         self._merges.clear()
+        self._dirty.clear()
+        self._unacked.clear()
         self._states.clear()
         self._pending.clear()
         self._phase_of.clear()
@@ -248,8 +257,8 @@ class Detector:
         items = merge.pop_ready(int(now * 1000))
         if not items:
             return
-        dirty: set[str] = set()
-        done: list[Any] = []
+        dirty = self._dirty.setdefault(partition, set())
+        done = self._unacked.setdefault(partition, [])
         for item in items:
             try:
                 self._process(item, partition, now, dirty)
@@ -258,11 +267,17 @@ class Detector:
                 self._internal_error(item.event, exc)
                 continue
             done.append(item.event)
-        for pid in dirty:
-            self._write(partition, pid)
-        for event in done:  # only now: their state is with the producer
-            event.ack()
+        if len(done) >= self.cfg.write_batch:
+            self._persist(partition)
         self.metrics.buffered.set(sum(len(m) for m in self._merges.values()))
+
+    def _persist(self, partition: int) -> None:
+        """Write each patient changed since the last call once, then acknowledge the messages
+        that changed them (never before: an offset must not be committed ahead of its state)."""
+        for pid in self._dirty.pop(partition, ()):
+            self._write(partition, pid)
+        for event in self._unacked.pop(partition, ()):
+            event.ack()
 
     def _process(self, item: _Item, partition: int, now: float, dirty: set[str]) -> None:
         value = item.value

@@ -118,6 +118,8 @@ def test_detector_stores_state_and_acks_after_the_write() -> None:
     det, metrics, table, _, dead = _detector()
     event = _Event(_Msg("u.vitals", offset=1), b"bed1", _obs())
     det.on_event(event, now=1_800_000_001.0)
+    assert not event.acked and not table.data  # state and ack wait for the next tick
+    det.on_tick(0, now=1_800_000_001.1)
     assert event.acked and b"bed1" in table.data and table.changelog[-1][:2] == (0, b"bed1")
     assert metrics.registry.get_sample_value(
         "clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 1

@@ -1,0 +1,238 @@
+"""Stream benchmark: one worker's end-to-end throughput and latency at 1,000 observations/s.
+
+Runs on the embedded Tansu broker. Prints the figures and writes bench/results/stream.json.
+
+1. Throughput: a backlog of simulated observations is published first, then a worker starts;
+   observations/s = messages / (time from the first to the last processed message, read from
+   the worker's clsmon_observations_total). The same backlog is read by a trivial Faust agent
+   (counts messages, no table, no output) in the same run: the ratio is the cost of our work.
+2. Latency: a fresh prefix, the worker running, messages published at 1,000/s; p50/p99 of
+   clsmon_observation_processing_latency_seconds (Kafka timestamp -> processed, every message)
+   and of clsmon_observation_to_alert_latency_seconds (-> alert emitted), interpolated from the
+   histogram buckets.
+
+Usage: python bench/stream_bench.py [--patients N] [--hours H]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.publish import Publisher, cohort_messages  # noqa: E402
+from streams.simulator import cohort  # noqa: E402
+from streams.topics import TopicNames, ensure_topics  # noqa: E402
+
+TRIVIAL_AGENT = '''
+import sys, time, faust
+sys.path.insert(0, {root!r})
+from streams.worker import WorkerConfig, faust_settings, _LowLatencyTransport, \\
+    _LowLatencyConsumerThread
+broker, prefix, out = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = WorkerConfig(broker=broker, topic_prefix=prefix, producer_max_batch_size=0)
+app = faust.App(prefix + "trivial", broker=broker, **faust_settings(cfg, {tmp!r}))
+_LowLatencyConsumerThread.fetch_max_wait_ms = 100
+app.transport = _LowLatencyTransport(app.conf.broker_consumer, app)
+raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+topic = app.topic(prefix + "patients", prefix + "vitals", prefix + "labs", **raw)
+state = {{"n": 0, "first": None}}
+@app.agent(topic)
+async def count(stream):
+    async for event in stream.events():
+        state["n"] += 1
+        if state["first"] is None:
+            state["first"] = time.time()
+        if state["n"] % 1000 == 0:
+            open(out, "w").write(f"{{state['n']}} {{state['first']}} {{time.time()}}")
+    open(out, "w").write(f"{{state['n']}} {{state['first']}} {{time.time()}}")
+@app.timer(0.2)
+async def dump():
+    open(out, "w").write(f"{{state['n']}} {{state['first']}} {{time.time()}}")
+faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)\\
+    .execute_from_commandline()
+'''
+
+
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _total(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in m.items() if n == name)
+
+
+def _quantile(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+              q: float) -> float | None:
+    buckets = sorted((float(dict(lab)["le"]), v) for (n, lab), v in m.items()
+                     if n == f"{name}_bucket")
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= target:
+            if le == float("inf"):
+                return prev_le
+            frac = (target - prev_n) / (n - prev_n) if n > prev_n else 1.0
+            return prev_le + (le - prev_le) * frac
+        prev_le, prev_n = le, n
+    return None
+
+
+def _start_worker(url: str, prefix: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", url, "--web-port",
+           str(port), "--web-host", "127.0.0.1", "--topic-prefix", prefix,
+           "--data-dir", str(workdir / prefix), "--fetch-wait-ms", "10", "--grace-ms", "100"]
+    log = open(workdir / f"{prefix}log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("worker did not become ready")
+
+
+def _wait_processed(port: int, n: int, timeout: float) -> tuple[float, float]:
+    """(wall time of the first processed message seen, wall time all n were processed)."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = _total(_metrics(port), "clsmon_observations_total")
+        if done > 0 and first is None:
+            first = time.time()
+        if done >= n:
+            return first or time.time(), time.time()
+        time.sleep(0.05)
+    raise RuntimeError(f"worker processed {done} of {n} in {timeout} s")
+
+
+def throughput(broker: EmbeddedBroker, workdir: Path, patients: int, hours: float
+               ) -> dict[str, Any]:
+    names = TopicNames("bt.")
+    ensure_topics(broker.bootstrap, names, 3)
+    messages = list(cohort_messages(cohort(patients, seed=7, hours=hours), names))
+    pub = Publisher(broker.bootstrap)
+    for m in messages:
+        pub.send_doc(m)
+    pub.close()
+    n = len(messages)
+    proc, port = _start_worker(broker.url, names.prefix, workdir)
+    try:
+        first, last = _wait_processed(port, n, timeout=600)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out = workdir / "trivial.out"
+    script = workdir / "trivial.py"
+    script.write_text(TRIVIAL_AGENT.format(root=str(ROOT), tmp=str(workdir / "trivial")))
+    trivial = subprocess.Popen([sys.executable, str(script), broker.url, names.prefix, str(out)],
+                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        t_first = t_last = 0.0
+        while time.monotonic() < deadline:
+            if out.exists() and out.read_text().strip():
+                count, f, t = out.read_text().split()
+                if f != "None" and int(count) >= n:
+                    t_first, t_last = float(f), float(t)
+                    break
+            time.sleep(0.1)
+    finally:
+        trivial.terminate()
+        trivial.wait(timeout=30)
+    ours = n / max(last - first, 1e-9)
+    base = n / max(t_last - t_first, 1e-9) if t_last else 0.0
+    # the first message's moment is observed by polling (50 ms): a small error at these sizes
+    return {"messages": n, "worker_obs_per_s": round(ours), "trivial_agent_obs_per_s":
+            round(base), "ratio_worker_to_trivial": round(ours / base, 3) if base else None}
+
+
+def latency(broker: EmbeddedBroker, workdir: Path, rate: float, seconds: float
+            ) -> dict[str, Any]:
+    names = TopicNames("bl.")
+    ensure_topics(broker.bootstrap, names, 3)
+    messages = list(cohort_messages(cohort(12, seed=7, hours=96), names))[: int(rate * seconds)]
+    proc, port = _start_worker(broker.url, names.prefix, workdir)
+    try:
+        pub = Publisher(broker.bootstrap, linger_ms=0)
+        start = time.monotonic()
+        for i, m in enumerate(messages):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pub.send_doc(m)
+        pub.close()
+        achieved = len(messages) / (time.monotonic() - start)
+        _wait_processed(port, len(messages), timeout=120)
+        time.sleep(1.5)
+        m = _metrics(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc_name = "clsmon_observation_processing_latency_seconds"
+    alert_name = "clsmon_observation_to_alert_latency_seconds"
+    return {
+        "target_rate": rate, "achieved_rate": round(achieved), "messages": len(messages),
+        "processing_p50_s": _quantile(m, proc_name, 0.5),
+        "processing_p99_s": _quantile(m, proc_name, 0.99),
+        "alerts": _total(m, f"{alert_name}_count"),
+        "alert_p50_s": _quantile(m, alert_name, 0.5),
+        "alert_p99_s": _quantile(m, alert_name, 0.99),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--hours", type=float, default=72.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="clsmon-bench-"))
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        tp = throughput(broker, workdir, args.patients, args.hours)
+        print(f"throughput: {tp['messages']} messages, worker {tp['worker_obs_per_s']:,}/s, "
+              f"trivial Faust agent {tp['trivial_agent_obs_per_s']:,}/s, "
+              f"ratio {tp['ratio_worker_to_trivial']}", flush=True)
+        lat = latency(broker, workdir, args.rate, args.seconds)
+        print(f"latency at {lat['achieved_rate']}/s: processing p50 {lat['processing_p50_s']} s "
+              f"p99 {lat['processing_p99_s']} s; {lat['alerts']:.0f} alerts, "
+              f"alert p50 {lat['alert_p50_s']} s p99 {lat['alert_p99_s']} s", flush=True)
+    result = {"throughput": tp, "latency": lat, "broker": "tansu (embedded)",
+              "settings": {"producer_max_batch_size": 1, "fetch_wait_ms": 10, "grace_ms": 100}}
+    out = ROOT / "bench" / "results" / "stream.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
