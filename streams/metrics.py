@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -61,6 +62,22 @@ class Metrics:
             "Messages waiting in the arrival-order merge", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
+        self.consumer_lag = Gauge(
+            "clsmon_consumer_lag_messages",
+            "Messages in an input partition not yet fetched by this worker (highwater minus "
+            "position; on the embedded Tansu broker the highwater can be wrong, see README)",
+            ["topic", "partition"], registry=r)
+        self.bed_last_seen = Gauge(
+            "clsmon_bed_last_seen_timestamp_seconds",
+            "Wall clock when this worker last received an observation for the patient/bed "
+            "(removed at discharge and when the partition moves to another worker)",
+            ["patient_id"], registry=r)
+        self.state_size = Histogram(
+            "clsmon_state_size_bytes",
+            "JSON size of a patient's state as written to the table changelog (target < 4 KB)",
+            buckets=(256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384), registry=r)
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds, ...
+        ProcessCollector(registry=r)
         for phase in PHASES:
             self.patients.labels(phase)
 

@@ -70,6 +70,7 @@ class WorkerConfig:
     #: how long the ordering buffer waits for a silent source (see streams.ordering)
     grace_ms: int = 300
     tick_s: float = 0.1
+    lag_interval_s: float = 5.0
     #: state is written (and its messages acknowledged) every tick or every this many messages
     write_batch: int = 500
     flush_idle_s: float = 3.0
@@ -222,6 +223,10 @@ class Detector:
         self._pending.clear()
         self._phase_of.clear()
         self._phases_dirty = True
+        # the beds of revoked partitions are another worker's now: stop reporting them here,
+        # or their "last seen" would age into a false "no data from bed" alert
+        self.metrics.bed_last_seen.clear()
+        self.metrics.consumer_lag.clear()
 
     # -- ingest --------------------------------------------------------------------------------
     def _ingest(self, event: Any) -> _Item | None:
@@ -286,6 +291,7 @@ class Detector:
         self._partition_of[pid] = partition
         self._last_active[pid] = now
         self._last_msg_ts[pid] = msg.timestamp or now
+        self.metrics.bed_last_seen.labels(pid).set(now)
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
         if isinstance(value, PatientContext):
             st = apply_context(self._state(pid), value)
@@ -328,6 +334,7 @@ class Detector:
         if st is None:
             return
         key, value = pid.encode(), st.to_json()
+        self.metrics.state_size.observe(len(value))
         self.table.data[key] = value
         self.table.send_changelog(partition, key, value)
         if self._phase_of.get(pid) != st.phase:
@@ -336,6 +343,10 @@ class Detector:
 
     def _forget(self, partition: int, pid: str) -> None:
         key = pid.encode()
+        try:
+            self.metrics.bed_last_seen.remove(pid)  # discharged: no "silent bed" alert
+        except KeyError:
+            pass
         self._states.pop(pid, None)
         self._phase_of.pop(pid, None)
         self._phases_dirty = True
@@ -454,6 +465,24 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     async def tick() -> None:
         for partition in range(cfg.partitions):
             await ticks_topic.send(value=b"", partition=partition)
+
+    lag_topics = set(names.inputs)
+
+    @app.timer(cfg.lag_interval_s)
+    async def measure_lag() -> None:
+        """Consumer lag per input partition; measuring must never disturb processing."""
+        try:
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                if tp.topic not in lag_topics:
+                    continue
+                highwater = consumer.highwater(tp)
+                position = await consumer.position(tp)
+                if highwater is not None and highwater >= 0 and position is not None:
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                        max(0, highwater - position))
+        except Exception:  # noqa: BLE001 - a metric is not worth a stalled worker
+            log.debug("consumer lag not measured", exc_info=True)
 
     @app.task
     async def started() -> None:  # runs after the table has been recovered
