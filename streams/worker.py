@@ -115,6 +115,14 @@ class _LowLatencyTransport(faust_aiokafka.Transport):
     Consumer = _LowLatencyConsumer
 
 
+def use_fetch_wait(app: faust.App, fetch_wait_ms: int | None) -> None:
+    """Give ``app`` a consumer with this fetch wait (None: Faust's 1.5 s); shared by the
+    worker and the notifier. Call before the app starts."""
+    if fetch_wait_ms is not None:
+        _LowLatencyConsumerThread.fetch_max_wait_ms = fetch_wait_ms
+        app.transport = _LowLatencyTransport(app.conf.broker_consumer, app)
+
+
 def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
     """Faust settings tuned for a fast start and low latency (see README / design.md)."""
     session = cfg.session_timeout_s
@@ -439,9 +447,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-worker-")
     os.makedirs(data_dir, exist_ok=True)
     app = faust.App(cfg.app_id, broker=cfg.broker, **faust_settings(cfg, data_dir))
-    if cfg.fetch_wait_ms is not None:
-        _LowLatencyConsumerThread.fetch_max_wait_ms = cfg.fetch_wait_ms
-        app.transport = _LowLatencyTransport(app.conf.broker_consumer, app)
+    use_fetch_wait(app, cfg.fetch_wait_ms)
     names = cfg.names
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
