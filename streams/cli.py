@@ -264,6 +264,106 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_notify(args: argparse.Namespace) -> int:
+    from streams.notify import NotifyConfig, run
+    from streams.routing import load_routing
+    from streams.topics import broker_url_of
+
+    load_routing(args.config)  # a bad file is a one-line error, before Faust starts
+    return run(NotifyConfig(
+        broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
+        partitions=args.partitions, config=args.config, escalate_after_s=args.escalate_after,
+        escalation_check_s=args.escalation_check, web_port=args.web_port,
+        web_host=args.web_host, data_dir=args.data_dir, store=args.store,
+        fetch_wait_ms=args.fetch_wait_ms, session_timeout_s=args.session_timeout,
+        producer_max_batch_size=args.producer_max_batch_size,
+        commit_interval_s=args.commit_interval, loglevel=args.loglevel))
+
+
+def _cmd_ack(args: argparse.Namespace) -> int:
+    from streams.oncall import publish_ack
+    from streams.topics import TopicNames, bootstrap_of
+
+    ack = publish_ack(bootstrap_of(args.broker), TopicNames(args.topic_prefix), args.alert_id,
+                      args.by, args.note, args.patient)
+    print(f"acknowledged alert {ack['alert_id']} (patient {ack['patient_id']}) as {ack['by']} "
+          f"at {ack['at']}", flush=True)
+    return 0
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from streams.oncall import show_alerts
+    from streams.topics import TopicNames, bootstrap_of
+
+    show_alerts(bootstrap_of(args.broker), TopicNames(args.topic_prefix), sys.stdout,
+                follow=args.follow, patient=args.patient)
+    return 0
+
+
+def _add_notify_parsers(sub: Any) -> None:
+    broker_help = f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})"
+    p = sub.add_parser("notify", help="run the notifier: alerts to clinicians' sinks, acks, "
+                                      "escalation",
+                       description="Deliver each alert once to the sinks its ward's route names "
+                                   "(console, webhook, audit file), take acknowledgements from "
+                                   "alert-acks, and escalate critical alerts nobody "
+                                   "acknowledged. Serves /metrics, /healthz, /readyz.")
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    p.add_argument("--config", default=_env("CLSMON_NOTIFY_CONFIG"), metavar="TOML",
+                   help="routing: sinks per ward (env CLSMON_NOTIFY_CONFIG; default: console "
+                        "only); see deploy/notify.example.toml")
+    p.add_argument("--escalate-after", type=float, metavar="S",
+                   default=float(_env("CLSMON_ESCALATE_AFTER", "0") or 0) or None,
+                   help="seconds before an unacknowledged critical alert is escalated (env "
+                        "CLSMON_ESCALATE_AFTER; default: the config's escalate_after_s, else "
+                        "600)")
+    p.add_argument("--escalation-check", type=float, default=0.5, metavar="S",
+                   help="how often deadlines are checked (default 0.5 s)")
+    p.add_argument("--web-port", type=int,
+                   default=int(_env("CLSMON_NOTIFY_METRICS_PORT", "6067") or 6067),
+                   help="port of /metrics, /healthz, /readyz; 0 = none "
+                        "(env CLSMON_NOTIFY_METRICS_PORT, default 6067)")
+    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _add_topic_prefix(p)
+    p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
+                   help="partitions of the topics (env CLSMON_PARTITIONS, default 3)")
+    p.add_argument("--data-dir", default=_env("CLSMON_NOTIFY_DATA_DIR"),
+                   help="Faust data directory (env CLSMON_NOTIFY_DATA_DIR, default: temporary)")
+    p.add_argument("--store", default=_env("CLSMON_STORE", "memory://"),
+                   help="table store (env CLSMON_STORE, default memory://)")
+    p.add_argument("--fetch-wait-ms", type=int, default=100, help="consumer fetch wait")
+    p.add_argument("--session-timeout", type=float, default=6.0,
+                   help="consumer group session timeout in seconds (default 6)")
+    p.add_argument("--producer-max-batch-size", type=int, default=1,
+                   help="1 (default) for Tansu's exact table recovery; 0 on Apache Kafka")
+    p.add_argument("--commit-interval", type=float, default=0.5,
+                   help="seconds between offset commits (default 0.5)")
+    p.add_argument("--loglevel", default=_env("CLSMON_LOGLEVEL", "WARNING"),
+                   help="log level (env CLSMON_LOGLEVEL, default WARNING)")
+    p.set_defaults(func=_cmd_notify)
+
+    p = sub.add_parser("ack", help="acknowledge an alert (stops its escalation)",
+                       description="Publish an acknowledgement {alert_id, by, at, note} to "
+                                   "alert-acks, keyed by the alert's patient (looked up on the "
+                                   "alerts topic unless --patient is given).")
+    p.add_argument("alert_id", metavar="ALERT_ID")
+    p.add_argument("--by", required=True, metavar="NAME", help="who acknowledges")
+    p.add_argument("--note", help="free text stored with the acknowledgement")
+    p.add_argument("--patient", metavar="PID", help="the alert's patient_id (skips the lookup)")
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    _add_topic_prefix(p)
+    p.set_defaults(func=_cmd_ack)
+
+    p = sub.add_parser("alerts", help="print alerts and their acknowledgements",
+                       description="Print every alert once (coloured by phase on a terminal) "
+                                   "with its acknowledgement; --follow keeps reading.")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new alerts")
+    p.add_argument("--patient", metavar="PID", help="only this patient")
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    _add_topic_prefix(p)
+    p.set_defaults(func=_cmd_alerts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clsmon",
@@ -271,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(prodromal, leak, recovery). Alerts are advisory.",
         epilog="Environment: CLSMON_BROKER (broker URL), CLSMON_TOPIC_PREFIX (topic prefix), "
                "CLSMON_METRICS_PORT (worker /metrics port), CLSMON_STORE (Faust table store), "
-               "CLSMON_THRESHOLDS (TOML thresholds file); see each command's --help.")
+               "CLSMON_THRESHOLDS (TOML thresholds file), CLSMON_NOTIFY_CONFIG (notification "
+               "routing); see each command's --help.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="run recorded observations (CSV/Parquet) through the "
@@ -372,11 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker metrics port (env CLSMON_METRICS_PORT, default 6066)")
     _add_thresholds(p)
     p.set_defaults(func=_cmd_demo)
+    _add_notify_parsers(sub)
     return parser
 
 
 _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundError,
                                                  PermissionError)
+
+
+def _notify_errors() -> tuple[type[Exception], ...]:
+    from streams.oncall import OnCallError
+    from streams.routing import RoutingError
+
+    return (RoutingError, OnCallError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (*_EXPECTED_ERRORS, ReplayError) as exc:
+    except (*_EXPECTED_ERRORS, ReplayError, *_notify_errors()) as exc:
         print(f"clsmon {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
