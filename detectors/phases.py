@@ -482,28 +482,25 @@ def _decide_prodromal(st: PatientState, facts: _Facts, th: Thresholds) -> Alert 
 def _polyuria_at(st: PatientState, facts: _Facts, since: int, th: Thresholds
                  ) -> Evidence | None:
     """First collection end from ``since`` at which the flow over the polyuria window is high."""
-    for _, end, _ in st.uo:
-        if end < since:
-            continue
-        rate = urine.rate_ml_per_kg_h(st.uo, int(end), th.polyuria_hours, facts.urine_weight_kg)
-        if rate is not None and rate > th.polyuria_ml_per_kg_h:
-            return Evidence("polyuria", rate, "mL/kg/h",
-                            f"> {th.polyuria_ml_per_kg_h:g} mL/kg/h over {th.polyuria_hours:g} h",
-                            int(end))
-    return None
+    found = urine.first_flow(st.uo, since, th.polyuria_hours, facts.urine_weight_kg,
+                             lambda rate: rate > th.polyuria_ml_per_kg_h)
+    if found is None:
+        return None
+    return Evidence("polyuria", found[1], "mL/kg/h",
+                    f"> {th.polyuria_ml_per_kg_h:g} mL/kg/h over {th.polyuria_hours:g} h",
+                    found[0])
 
 
 def _oliguria_at(st: PatientState, facts: _Facts, since: int, th: Thresholds
                  ) -> Evidence | None:
-    for _, end, _ in st.uo:
-        if end < since:
-            continue
-        rate = urine.rate_ml_per_kg_h(st.uo, int(end), th.oliguria_hours, facts.urine_weight_kg)
-        if rate is not None and rate < th.oliguria_ml_per_kg_h:
-            return Evidence("oliguria", rate, "mL/kg/h",
-                            f"< {th.oliguria_ml_per_kg_h:g} mL/kg/h for {th.oliguria_hours:g} h",
-                            int(end))
-    return None
+    """First collection end from ``since`` at which the flow over the oliguria window is low."""
+    found = urine.first_flow(st.uo, since, th.oliguria_hours, facts.urine_weight_kg,
+                             lambda rate: rate < th.oliguria_ml_per_kg_h)
+    if found is None:
+        return None
+    return Evidence("oliguria", found[1], "mL/kg/h",
+                    f"< {th.oliguria_ml_per_kg_h:g} mL/kg/h for {th.oliguria_hours:g} h",
+                    found[0])
 
 
 def _decide_leak(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | None:

@@ -8,6 +8,8 @@ computed from missing data (a missing hour of charting is not anuria).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from detectors.config import HOUR_MS
 
 MIN_COVERAGE = 0.9
@@ -30,3 +32,16 @@ def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, wei
     if covered < MIN_COVERAGE * (end - start):
         return None
     return ml / weight_kg / (covered / HOUR_MS)
+
+
+def first_flow(collections: list[list[float]], since: int, hours: float, weight_kg: float,
+               beyond: Callable[[float], bool]) -> tuple[int, float] | None:
+    """The first collection end from ``since`` at which the flow over the last ``hours`` meets
+    ``beyond`` (e.g. above the polyuria cut-off): (end, mL/kg/h), or None."""
+    for _, end, _ in collections:
+        if end < since:
+            continue
+        rate = rate_ml_per_kg_h(collections, int(end), hours, weight_kg)
+        if rate is not None and beyond(rate):
+            return int(end), rate
+    return None
