@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--hours", type=float, default=168.0, help="hours per patient (default 168)")
     p.add_argument("--vitals-every-min", type=float, default=5.0,
-                   help="minutes between vital sets (default 5)")
+                   help="minutes between vital sets; 0 = each patient its own (2, 5 or 15) "
+                        "(default 5)")
     p.add_argument("--mix", metavar="JSON",
                    help='profile shares, e.g. \'{"scls": 0.5, "stable": 0.5}\' (default: a '
                         "third CLS, the rest confounders and stable patients)")

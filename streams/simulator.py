@@ -36,6 +36,9 @@ HOUR_MS = 3_600_000
 MIN_MS = 60_000
 PROFILES = ("stable", "scls", "scls_relapse", "septic_shock", "dehydration", "diuretic",
             "artefact", "sepsis_cls", "gemcitabine_cls", "engraftment_cls")
+#: [D] per-bed vital-sign intervals in minutes when varied: continuous monitors every 2-5 min,
+#: non-invasive cuffs every 15 min
+VARIED_SAMPLING_MIN = (2.0, 5.0, 5.0, 15.0)
 #: profiles with a capillary-leak episode (ground truth has a leak interval)
 CLS_PROFILES = ("scls", "scls_relapse", "sepsis_cls", "gemcitabine_cls", "engraftment_cls")
 
@@ -305,11 +308,20 @@ def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours:
 def cohort(n: int, seed: int = 7, start_ms: int = 1_790_000_000_000, hours: float = 168.0,
            mix: dict[str, float] | None = None, **kwargs: Any) -> list[Patient]:
     """``n`` patients with profiles drawn from ``mix`` (default: a third CLS, rest confounders
-    and stable); patient ids are ``sim-0001`` ..."""
+    and stable); patient ids are ``sim-0001`` ... ``vitals_every_min=0`` gives each patient
+    its own sampling interval from VARIED_SAMPLING_MIN (monitors and cuffs differ by bed)."""
     mix = mix or {"stable": 0.3, "scls": 0.2, "scls_relapse": 0.05, "septic_shock": 0.15,
                   "dehydration": 0.1, "diuretic": 0.1, "artefact": 0.1}
     rng = random.Random(seed)
     names = list(mix)
     weights = [mix[k] for k in names]
-    return [make_patient(f"sim-{i + 1:04d}", rng.choices(names, weights)[0],
-                         seed * 100_003 + i, start_ms, hours, **kwargs) for i in range(n)]
+    varied = kwargs.get("vitals_every_min") == 0
+    sampling = random.Random(seed ^ 0x5A5A)
+    patients = []
+    for i in range(n):
+        profile = rng.choices(names, weights)[0]
+        if varied:
+            kwargs["vitals_every_min"] = sampling.choice(VARIED_SAMPLING_MIN)
+        patients.append(make_patient(f"sim-{i + 1:04d}", profile, seed * 100_003 + i, start_ms,
+                                     hours, **kwargs))
+    return patients

@@ -9,6 +9,7 @@ import pytest
 
 from streams import evaluate as ev_mod
 from streams.cli import main
+from streams.simulator import cohort
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -76,3 +77,15 @@ def test_evaluate_reports_missing_truth_clearly(sim_files, tmp_path, capsys):
     assert main(["evaluate", str(sim_files / "cohort.csv"), "--truth",
                  str(tmp_path / "none.csv"), "--report", str(tmp_path / "r")]) == 2
     assert "truth file not found" in capsys.readouterr().err
+
+
+def test_a_varied_cohort_samples_beds_at_different_rates():
+    from detectors.observation import parse_time_ms
+
+    patients = cohort(8, seed=1, hours=6, vitals_every_min=0)
+    gaps = set()
+    for p in patients:
+        times = sorted({parse_time_ms(o["observed_at"]) for o in p.observations
+                        if o["kind"] == "sbp"})
+        gaps.add(round((times[1] - times[0]) / 60_000))
+    assert len(gaps) >= 2 and gaps <= {2, 5, 15}
