@@ -143,6 +143,12 @@ def alert_docs(records: Iterable[Any]) -> list[dict[str, Any]]:
 def replay_alert_ids(messages: Sequence[Outgoing], names: TopicNames, tmp: Path) -> set[str]:
     """The alert ids ``clsmon replay`` gives for these messages (contexts + observations in
     this order), through the same files and functions as the command."""
+    return {a.alert_id for a in replay_result(messages, names, tmp).alerts}
+
+
+def replay_result(messages: Sequence[Outgoing], names: TopicNames, tmp: Path
+                  ) -> rp.ReplayResult:
+    """What ``clsmon replay`` gives for these messages (alerts, rejects, counts)."""
     obs = [m.doc for m in messages if m.topic != names.patients]
     contexts = [m.doc for m in messages if m.topic == names.patients]
     path = tmp / f"obs-{uuid.uuid4().hex[:6]}.csv"
@@ -151,8 +157,7 @@ def replay_alert_ids(messages: Sequence[Outgoing], names: TopicNames, tmp: Path)
     ctx_path = path.with_suffix(".patients.csv")
     pd.DataFrame(contexts)[["patient_id", "sex", "weight_kg", "birth_year"]].to_csv(
         ctx_path, index=False)
-    result = rp.replay_frame(rp.read_observations(path), rp.read_contexts(ctx_path))
-    return {a.alert_id for a in result.alerts}
+    return rp.replay_frame(rp.read_observations(path), rp.read_contexts(ctx_path))
 
 
 def wait_committed(bootstrap: str, group: str, topic: str, at_least: int,
