@@ -26,6 +26,8 @@ def decode_object(value: bytes | None) -> dict[str, Any] | Rejection:
         doc = json.loads(text)
     except ValueError as exc:
         return Rejection("malformed_json", f"not JSON: {exc}")
+    except RecursionError:  # e.g. 100,000 nested brackets: bad input, not an internal error
+        return Rejection("malformed_json", "not JSON: nested too deeply")
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     return doc

@@ -57,6 +57,7 @@ def test_decode_and_dead_letter_records() -> None:
     assert codec.decode_object(b"\xff").reason == "malformed_json"
     assert codec.decode_object(b"[]").reason == "not_an_object"
     assert codec.decode_object(None).reason == "malformed_json"
+    assert codec.decode_object(b"[" * 100_000).reason == "malformed_json"
     rec = json.loads(codec.dead_letter(key=b"k", value=b"\xff\x00", topic="t", partition=1,
                                        offset=7, reason="malformed_json", detail="d"))
     assert rec["value_encoding"] == "base64" and base64.b64decode(rec["value"]) == b"\xff\x00"
