@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench bench-stream clean help
+.PHONY: install test lint demo bench bench-stream bench-load bench-soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,3 +36,9 @@ clean:  ## remove the venv and caches
 
 bench-stream: $(STAMP)  ## stream benchmark (embedded broker): obs/s and latency at 1,000/s
 	$(BIN)/python bench/stream_bench.py
+
+bench-load: $(STAMP)  ## load: 500/1,000/2,000 beds, two workers, 30 simulated minutes in real time
+	$(BIN)/python bench/load_bench.py
+
+bench-soak: $(STAMP)  ## soak: 1,000 beds at 10x for 10 minutes; worker RSS slope (MB/min)
+	$(BIN)/python bench/load_bench.py --beds 1000 --time-scale 10 --soak 600
