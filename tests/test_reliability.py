@@ -244,7 +244,7 @@ def test_rebalance_and_kill_lose_nothing_and_alert_like_the_replay(
 
         counts = {t: sum(1 for m in messages if m.topic == t) for t in names.inputs}
         ends = _input_ends(kafka_bootstrap, names, counts)
-        _wait_all_committed(kafka_bootstrap, _group(names), ends, timeout=90, workers=[b2])
+        _wait_all_committed(kafka_bootstrap, _group(names), ends, timeout=40, workers=[b2])
         got = _alert_ids(kafka_bootstrap, names, expected)
         final = b2.metrics()
         everything = [*gone, final]
@@ -440,7 +440,7 @@ def test_sigterm_under_load_exits_cleanly_and_the_restart_loses_nothing(
         restarted.wait_ready()
         counts = {t: sum(1 for m in messages if m.topic == t) for t in names.inputs}
         ends = _input_ends(kafka_bootstrap, names, counts)
-        _wait_all_committed(kafka_bootstrap, _group(names), ends, workers=[restarted])
+        _wait_all_committed(kafka_bootstrap, _group(names), ends, timeout=40, workers=[restarted])
         got = _alert_ids(kafka_bootstrap, names, expected)
         final: dict[str, Any] = restarted.metrics()
         assert _processed(last) + _processed(final) >= len(messages)
