@@ -177,7 +177,12 @@ class TableLedger:
     async def put(self, partition: int, alert_id: str, record: dict[str, Any]) -> None:
         key, value = alert_id.encode(), codec.encode(record)
         self.table.data[key] = value
-        await self.table.send_changelog(partition, key, value)  # resolves on the broker's ack
+        # Straight to the producer (force: not attached to the current event, not through
+        # Faust's send buffer), then wait for the broker's acknowledgement.
+        sent = await self.table.changelog_topic.send(
+            key=key, value=value, partition=partition, key_serializer="raw",
+            value_serializer="raw", callback=self.table._on_changelog_sent, force=True)
+        await asyncio.wait_for(sent, timeout=60)
 
     def pending(self) -> Iterable[tuple[str, dict[str, Any]]]:
         # a byte search first: most records (delivered, acknowledged) are never parsed
@@ -458,6 +463,10 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
 
 def run(cfg: NotifyConfig) -> int:
     """Create the topics, start /metrics and run the notifier until SIGTERM/SIGINT."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # thread stacks on demand, for a stuck notifier
     ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
     built = build(cfg)
     server = serve(built.metrics, built.ready, cfg.web_port, cfg.web_host) \
