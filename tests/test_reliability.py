@@ -357,6 +357,8 @@ def test_garbage_on_every_input_topic_is_dead_lettered_and_never_stalls(
     for i, value in enumerate(values):
         topic = names.inputs[i % len(names.inputs)]
         key = keys[rng.randrange(len(keys))]
+        if key is None and value is None:  # Kafka needs one of them
+            key = good_ids[0].encode()
         reason = _verdict(topic, names, key, value)
         if reason is not None and reason != "maybe":  # a mutation can happen to be valid
             garbage.append((topic, key, value, reason))
