@@ -50,11 +50,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from detectors.alerts import PHASES, SEVERITIES
 from detectors.observation import Rejection
 from streams import codec
-from streams.metrics import serve
 from streams.routing import Route, Routing, load_routing
 from streams.sinks import Delivery, Sink
 from streams.topics import TopicNames, bootstrap_of, ensure_topics
-from streams.worker import WorkerConfig, faust_settings, use_fetch_wait
+from streams.worker import WorkerConfig, faust_settings, serve_and_run, use_fetch_wait
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "notified"
@@ -469,18 +468,7 @@ def run(cfg: NotifyConfig) -> int:
     faulthandler.register(signal.SIGUSR1)  # thread stacks on demand, for a stuck notifier
     ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
     built = build(cfg)
-    server = serve(built.metrics, built.ready, cfg.web_port, cfg.web_host) \
-        if cfg.web_port else None  # type: ignore[arg-type] - any object with .registry
-    print(f"clsmon notify: broker {cfg.broker}, topics {cfg.topic_prefix}alerts/alert-acks, "
-          f"escalation after {built.notifier.escalate_after_s:g} s"
-          + (f", metrics http://{cfg.web_host}:{cfg.web_port}/metrics" if server else ""),
-          flush=True)
-    try:
-        faust.Worker(built.app, loglevel=cfg.loglevel, quiet=True,
-                     redirect_stdouts=False).execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        if server is not None:
-            server.shutdown()
-    return 0
+    banner = (f"clsmon notify: broker {cfg.broker}, topics {cfg.topic_prefix}alerts/alert-acks, "
+              f"escalation after {built.notifier.escalate_after_s:g} s")
+    return serve_and_run(built.app, built.metrics, built.ready, banner, cfg.web_port,
+                         cfg.web_host, cfg.loglevel)

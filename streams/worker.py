@@ -509,14 +509,25 @@ def run(cfg: WorkerConfig) -> int:
     """
     ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
     worker = build(cfg)
-    server = serve(worker.metrics, worker.ready, cfg.web_port, cfg.web_host) \
-        if cfg.web_port else None
-    print(f"clsmon worker: broker {cfg.broker}, topics {cfg.topic_prefix}*, "
-          f"{cfg.partitions} partitions"
-          + (f", metrics http://{cfg.web_host}:{cfg.web_port}/metrics" if server else ""),
+    banner = (f"clsmon worker: broker {cfg.broker}, topics {cfg.topic_prefix}*, "
+              f"{cfg.partitions} partitions")
+    return serve_and_run(worker.app, worker.metrics, worker.ready, banner, cfg.web_port,
+                         cfg.web_host, cfg.loglevel)
+
+
+def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: str,
+                  web_port: int, web_host: str, loglevel: str) -> int:
+    """Serve /metrics, /healthz, /readyz (when ``web_port``), print ``banner`` and run the Faust
+    app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker.
+
+    Shared by the detection worker and the notifier. ``metrics`` is any object with a
+    ``registry``.
+    """
+    server = serve(metrics, ready, web_port, web_host) if web_port else None
+    print(banner + (f", metrics http://{web_host}:{web_port}/metrics" if server else ""),
           flush=True)
     try:
-        faust.Worker(worker.app, loglevel=cfg.loglevel, quiet=True,
+        faust.Worker(app, loglevel=loglevel, quiet=True,
                      redirect_stdouts=False).execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
