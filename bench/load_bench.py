@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchio import write_results  # noqa: E402  (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -253,9 +255,7 @@ def main() -> int:
                       f"{r['state_bytes_mean']!s:>8}", flush=True)
             result["load"] = {"minutes": args.minutes, "time_scale": args.time_scale,
                               "runs": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_results(out, result)
     return 0
 
 

@@ -15,7 +15,6 @@ Targets (issue 2): >= 150,000 observations/s end to end on one core; state < 4 K
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchio import write_results  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -135,10 +136,7 @@ def main() -> int:
     print(f"state per patient after a week of 1-minute vitals: max {sizes[-1]} B, "
           f"median {sizes[len(sizes) // 2]} B over {len(sizes)} patients "
           f"(target < {TARGET_STATE_BYTES} B)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_results(args.out, result)
     return 0
 
 

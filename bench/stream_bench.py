@@ -17,7 +17,6 @@ Usage: python bench/stream_bench.py [--patients N] [--hours H]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from benchio import write_results  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -227,10 +228,7 @@ def main() -> int:
               f"alert p50 {lat['alert_p50_s']} s p99 {lat['alert_p99_s']} s", flush=True)
     result = {"throughput": tp, "latency": lat, "broker": "tansu (embedded)",
               "settings": {"producer_max_batch_size": 1, "fetch_wait_ms": 10, "grace_ms": 100}}
-    out = ROOT / "bench" / "results" / "stream.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_results(ROOT / "bench" / "results" / "stream.json", result)
     return 0
 
 
