@@ -235,6 +235,7 @@ class Detector:
         # or their "last seen" would age into a false "no data from bed" alert
         self.metrics.bed_last_seen.clear()
         self.metrics.consumer_lag.clear()
+        self._update_buffered()  # the buffers were dropped: the gauge must say so
 
     # -- ingest --------------------------------------------------------------------------------
     def _ingest(self, event: Any) -> _Item | None:
@@ -269,6 +270,7 @@ class Detector:
             return
         items = merge.pop_ready(int(now * 1000))
         if not items:
+            self._update_buffered()
             return
         dirty = self._dirty.setdefault(partition, set())
         done = self._unacked.setdefault(partition, [])
@@ -282,6 +284,9 @@ class Detector:
             done.append(item.event)
         if len(done) >= self.cfg.write_batch:
             self._persist(partition)
+        self._update_buffered()
+
+    def _update_buffered(self) -> None:
         self.metrics.buffered.set(sum(len(m) for m in self._merges.values()))
 
     def _persist(self, partition: int) -> None:

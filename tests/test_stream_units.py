@@ -156,3 +156,14 @@ def test_simulate_needs_exactly_one_of_to_and_broker(capsys: pytest.CaptureFixtu
     for var in ("CLSMON_BROKER", "CLSMON_TOPIC_PREFIX", "CLSMON_METRICS_PORT", "CLSMON_STORE",
                 "CLSMON_THRESHOLDS"):
         assert var in help_text
+
+
+def test_the_ordering_buffer_gauge_follows_the_buffer_through_a_revoke() -> None:
+    metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=60_000)  # labs/patients may still deliver
+    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, table, alerts, dead)
+    det.on_event(_Event(_Msg("u.vitals", offset=1), b"bed1", _obs()), now=1_800_000_001.0)
+    gauge = metrics.registry.get_sample_value
+    assert gauge("clsmon_ordering_buffer_messages") == 1  # held for the silent sources
+    det.on_revoked()  # the partition moves: its buffer is dropped (it will be redelivered)
+    assert gauge("clsmon_ordering_buffer_messages") == 0
