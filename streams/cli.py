@@ -47,7 +47,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.rejects:
         rp.write_rejects(result.rejects, args.rejects)
     if args.plots:
-        written = _timelines(df, result, args.plots, contexts)
+        written = _timelines(result, args.plots, contexts)
     if not args.quiet:
         for line in rp.summary_lines(result):
             print(line)
@@ -60,14 +60,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _timelines(df: pd.DataFrame, result: ReplayResult, out_dir: str,
-               contexts: list[dict[str, Any]] | None, truth: pd.DataFrame | None = None) -> int:
+def _timelines(result: ReplayResult, out_dir: str, contexts: list[dict[str, Any]] | None,
+               truth: pd.DataFrame | None = None) -> int:
     """One PNG per alerted patient (observations, alerts, and true phases when known)."""
-    from streams import replay as rp
     from streams.plots import plot_patient
 
-    norm, ok = rp.validate(df)
-    canon = norm[ok]
+    canon = result.canonical
+    assert canon is not None  # replay_frame always sets it
     by_patient: dict[str, list[dict[str, Any]]] = {}
     for a in result.alerts:
         by_patient.setdefault(a.patient_id, []).append(a.to_dict())
@@ -92,7 +91,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     scored, result, _ = ev.evaluate(df, truth, contexts, th)
     path = ev.write_report(scored, args.report)
     if args.plots:
-        _timelines(df, result, str(Path(args.report) / "timelines"), contexts, truth)
+        _timelines(result, str(Path(args.report) / "timelines"), contexts, truth)
     s = scored.summary
     print(f"patients {s['patients']}, leak episodes {s['leak_episodes']}, "
           f"alerts {s['alerts']}")

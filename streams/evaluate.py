@@ -88,8 +88,8 @@ def evaluate(observations: pd.DataFrame, truth: pd.DataFrame,
                                                              pd.DataFrame]:
     """Replay ``observations`` and score the alerts against ``truth``."""
     result = rp.replay_frame(observations, contexts, th)
-    norm, ok = rp.validate(observations)
-    canon = norm[ok]
+    canon = result.canonical
+    assert canon is not None  # replay_frame always sets it
     ev = Evaluation()
     span = canon.groupby("patient_id")["t"].agg(["min", "max"])
     ev.patients = len(span)

@@ -57,6 +57,9 @@ class ReplayResult:
     late: int = 0
     states: dict[str, PatientState] = field(default_factory=dict)
     seconds: float = 0.0
+    #: canonical observations of the rows the bulk validation accepted (patient_id, kind,
+    #: value, t, period): what evaluation and plots read, without validating the file again
+    canonical: pd.DataFrame | None = None
 
     def rejects_by_reason(self) -> Counter[str]:
         return Counter(r["reason"] for r in self.rejects)
@@ -219,6 +222,7 @@ def _replay_frame(df: pd.DataFrame, contexts: list[dict[str, Any]] | None, th: T
         if state is not None:
             states[ctx.patient_id] = state
     norm, ok = validate(df)
+    result.canonical = norm[ok]
     order = np.arange(len(df))
     if sort:
         order = order[np.argsort(np.where(ok, norm["t"].to_numpy(), np.iinfo(np.int64).max),
