@@ -145,14 +145,18 @@ def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
                    help="prefix of every topic name (env CLSMON_TOPIC_PREFIX, default clsmon.)")
 
 
+def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> None:
+    """The HTTP server of a long-running process: /metrics, /healthz, /readyz."""
+    p.add_argument("--web-port", type=int, default=int(_env(port_env, str(port)) or port),
+                   help=f"port of /metrics, /healthz, /readyz; 0 = none "
+                        f"(env {port_env}, default {port})")
+    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+
+
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
                    help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
-    p.add_argument("--web-port", type=int,
-                   default=int(_env("CLSMON_METRICS_PORT", "6066") or 6066),
-                   help="port of /metrics, /healthz, /readyz; 0 = none "
-                        "(env CLSMON_METRICS_PORT, default 6066)")
-    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _add_web_options(p, "CLSMON_METRICS_PORT", 6066)
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
                    help="partitions of the topics and the state table (env CLSMON_PARTITIONS, "
@@ -318,11 +322,7 @@ def _add_notify_parsers(sub: Any) -> None:
                         "600)")
     p.add_argument("--escalation-check", type=float, default=0.5, metavar="S",
                    help="how often deadlines are checked (default 0.5 s)")
-    p.add_argument("--web-port", type=int,
-                   default=int(_env("CLSMON_NOTIFY_METRICS_PORT", "6067") or 6067),
-                   help="port of /metrics, /healthz, /readyz; 0 = none "
-                        "(env CLSMON_NOTIFY_METRICS_PORT, default 6067)")
-    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _add_web_options(p, "CLSMON_NOTIFY_METRICS_PORT", 6067)
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
                    help="partitions of the topics (env CLSMON_PARTITIONS, default 3)")
