@@ -62,6 +62,10 @@ class Metrics:
             "Messages waiting in the arrival-order merge", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
+        self.rereads = Counter(
+            "clsmon_partition_rereads", "Input partitions re-read because fetched messages never "
+            "reached the agent (streams.consumer.StallGuard); should stay 0",
+            ["topic"], registry=r)
         self.consumer_lag = Gauge(
             "clsmon_consumer_lag_messages",
             "Messages in an input partition not yet fetched by this worker (highwater minus "

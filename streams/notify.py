@@ -49,11 +49,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from detectors.alerts import PHASES, SEVERITIES
 from detectors.observation import Rejection
-from streams import codec
+from streams import codec, consumer
 from streams.routing import Route, Routing, load_routing
 from streams.sinks import Delivery, Sink
 from streams.topics import TopicNames, bootstrap_of, ensure_topics
-from streams.worker import WorkerConfig, faust_settings, serve_and_run, use_fetch_wait
+from streams.worker import WorkerConfig, faust_settings, serve_and_run
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "notified"
@@ -74,6 +74,8 @@ class NotifyConfig:
     data_dir: str | None = None
     store: str = "memory://"
     fetch_wait_ms: int = 100
+    #: re-read a partition whose fetched messages have not reached the agent for this long
+    stall_after_s: float = 5.0
     session_timeout_s: float = 6.0
     producer_max_batch_size: int = 1  # see WorkerConfig: Tansu needs 1 for exact recovery
     commit_interval_s: float = 0.5
@@ -117,6 +119,10 @@ class NotifyMetrics:
             "clsmon_pending_escalations", "Critical alerts delivered, unacknowledged, waiting "
             "for their escalation deadline", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the notifier has started", registry=r)
+        self.rereads = Counter(
+            "clsmon_partition_rereads", "Input partitions re-read because fetched messages never "
+            "reached the agent (streams.consumer.StallGuard); should stay 0",
+            ["topic"], registry=r)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -247,6 +253,8 @@ class Notifier:
         alert_id = doc["alert_id"]
         route = self.routing.route(doc)
         record = self.ledger.get(alert_id) or {}
+        log.debug("alert %s from %s[%s]@%s, ledger %s", alert_id, msg.topic, msg.partition,
+                  msg.offset, record or "empty")
         if record.get("done"):
             for sink in route.sinks or ("-",):
                 self.metrics.notifications.labels(sink, "duplicate").inc()
@@ -412,7 +420,7 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
     data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-notify-")
     os.makedirs(data_dir, exist_ok=True)
     app = faust.App(cfg.app_id, broker=cfg.broker, **cfg.faust_settings(data_dir))
-    use_fetch_wait(app, cfg.fetch_wait_ms)
+    consumer.install(app, cfg.fetch_wait_ms)
     names = cfg.names
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
@@ -431,10 +439,13 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
                         escalate_after_s=escalate_after)
     ready = threading.Event()
 
+    guard = consumer.StallGuard({names.alerts, names.alert_acks}, cfg.stall_after_s)
+
     @app.agent(inputs, name="notify")
     async def notify(stream: Any) -> None:
         async for event in stream.noack().events():
             m = event.message
+            guard.seen(m.tp, m.offset)
             await notifier.on_message(Incoming(m.topic, m.partition, m.offset, event.key,
                                                event.value, event.ack))
 
@@ -451,6 +462,14 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
             await notifier.escalate_due(owns)
         except Exception:  # noqa: BLE001 - retried at the next check
             log.exception("escalation check failed")
+
+    @app.timer(1.0)
+    async def watch_partitions() -> None:
+        await consumer.guard_check(app, guard, "notify", metrics.rereads)
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        guard.reset()
 
     @app.task
     async def started() -> None:

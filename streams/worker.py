@@ -35,16 +35,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiokafka
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from detectors.alerts import Alert
 from detectors.config import Thresholds, load_thresholds
 from detectors.observation import Observation, PatientContext, Rejection, normalise, parse_context
 from detectors.phases import apply_context, flush, step
 from detectors.state import PatientState
-from streams import codec
+from streams import codec, consumer
 from streams.metrics import Metrics, serve
 from streams.ordering import PartitionMerge
 from streams.topics import TopicNames, bootstrap_of, ensure_topics
@@ -71,6 +69,8 @@ class WorkerConfig:
     grace_ms: int = 300
     tick_s: float = 0.1
     lag_interval_s: float = 5.0
+    #: re-read a partition whose fetched messages have not reached the agent for this long
+    stall_after_s: float = 5.0
     #: state is written (and its messages acknowledged) every tick or every this many messages
     write_batch: int = 500
     flush_idle_s: float = 3.0
@@ -91,36 +91,6 @@ class WorkerConfig:
     def app_id(self) -> str:
         """Consumer group and changelog prefix: one per topic prefix."""
         return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-worker"
-
-
-# --- Faust's fixed fetch wait ---------------------------------------------------------------------
-
-class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust hard-codes ``fetch_max_wait_ms=1500``; replace it before the consumer starts."""
-
-    fetch_max_wait_ms: int = 1500
-
-    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by consumer.start()
-        return consumer
-
-
-class _LowLatencyConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _LowLatencyConsumerThread:
-        return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _LowLatencyTransport(faust_aiokafka.Transport):
-    Consumer = _LowLatencyConsumer
-
-
-def use_fetch_wait(app: faust.App, fetch_wait_ms: int | None) -> None:
-    """Give ``app`` a consumer with this fetch wait (None: Faust's 1.5 s); shared by the
-    worker and the notifier. Call before the app starts."""
-    if fetch_wait_ms is not None:
-        _LowLatencyConsumerThread.fetch_max_wait_ms = fetch_wait_ms
-        app.transport = _LowLatencyTransport(app.conf.broker_consumer, app)
 
 
 def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
@@ -452,7 +422,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-worker-")
     os.makedirs(data_dir, exist_ok=True)
     app = faust.App(cfg.app_id, broker=cfg.broker, **faust_settings(cfg, data_dir))
-    use_fetch_wait(app, cfg.fetch_wait_ms)
+    consumer.install(app, cfg.fetch_wait_ms)
     names = cfg.names
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
@@ -467,10 +437,17 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     detector = Detector(cfg, th, metrics, table, alerts_topic, dead_topic)
     ready = threading.Event()
 
+    guard = consumer.StallGuard({*names.inputs, names.ticks}, cfg.stall_after_s)
+
     @app.agent(inputs, name="detect")
     async def detect(stream: Any) -> None:
         async for event in stream.noack().events():
+            guard.seen(event.message.tp, event.message.offset)
             detector.on_event(event)
+
+    @app.timer(1.0)
+    async def watch_partitions() -> None:
+        await consumer.guard_check(app, guard, "detect", metrics.rereads)
 
     @app.timer(cfg.tick_s)
     async def tick() -> None:
@@ -483,12 +460,12 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     async def measure_lag() -> None:
         """Consumer lag per input partition; measuring must never disturb processing."""
         try:
-            consumer = app.consumer
-            for tp in consumer.assignment():
+            app_consumer = app.consumer
+            for tp in app_consumer.assignment():
                 if tp.topic not in lag_topics:
                     continue
-                highwater = consumer.highwater(tp)
-                position = await consumer.position(tp)
+                highwater = app_consumer.highwater(tp)
+                position = await app_consumer.position(tp)
                 if highwater is not None and highwater >= 0 and position is not None:
                     metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                         max(0, highwater - position))
@@ -502,6 +479,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
 
     @app.on_partitions_revoked.connect
     async def revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        guard.reset()
         detector.on_revoked()
 
     return Worker(app, detector, metrics, ready, data_dir)
