@@ -175,6 +175,10 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-idle-s", type=float, default=3.0,
                    help="take a waiting lab-panel decision once the patient has been quiet "
                         "this long (default 3)")
+    p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
+                   help="re-read a partition whose fetched messages have not reached the agent "
+                        "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
+                        "streams/consumer.py)")
     p.add_argument("--session-timeout", type=float, default=6.0,
                    help="consumer group session timeout in seconds (default 6)")
     p.add_argument("--producer-max-batch-size", type=int, default=1,
@@ -196,7 +200,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         data_dir=args.data_dir, thresholds=args.thresholds, store=args.store,
         fetch_wait_ms=args.fetch_wait_ms, grace_ms=args.grace_ms,
         flush_idle_s=args.flush_idle_s,
-        session_timeout_s=args.session_timeout,
+        session_timeout_s=args.session_timeout, stall_after_s=args.stall_after,
         producer_max_batch_size=args.producer_max_batch_size, loglevel=args.loglevel)
 
 
@@ -279,6 +283,7 @@ def _cmd_notify(args: argparse.Namespace) -> int:
         escalation_check_s=args.escalation_check, web_port=args.web_port,
         web_host=args.web_host, data_dir=args.data_dir, store=args.store,
         fetch_wait_ms=args.fetch_wait_ms, session_timeout_s=args.session_timeout,
+        stall_after_s=args.stall_after,
         producer_max_batch_size=args.producer_max_batch_size,
         commit_interval_s=args.commit_interval, loglevel=args.loglevel))
 
@@ -331,6 +336,10 @@ def _add_notify_parsers(sub: Any) -> None:
     p.add_argument("--store", default=_env("CLSMON_STORE", "memory://"),
                    help="table store (env CLSMON_STORE, default memory://)")
     p.add_argument("--fetch-wait-ms", type=int, default=100, help="consumer fetch wait")
+    p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
+                   help="re-read a partition whose fetched messages have not reached the agent "
+                        "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
+                        "streams/consumer.py)")
     p.add_argument("--session-timeout", type=float, default=6.0,
                    help="consumer group session timeout in seconds (default 6)")
     p.add_argument("--producer-max-batch-size", type=int, default=1,
