@@ -191,6 +191,7 @@ def run(broker: EmbeddedBroker, workdir: Path, beds: int, minutes: float, scale:
         "state_bytes_mean": round(_total(m, f"{STATE}_sum") / state_n) if state_n else None,
         "state_bytes_p99": _quantile(m, STATE, 0.99),
         "dead_letters": _total(m, "clsmon_dead_letters_total"),
+        "partition_rereads": _total(m, "clsmon_partition_rereads_total"),
     }
     if soak_s:
         result["rss_samples"] = [{"t_s": round(t, 1), "rss_mb": [round(r / 2**20, 1)
