@@ -18,7 +18,8 @@ and only then are those messages acknowledged, so coalescing never lets an offse
 ahead of the state it produced. Alerts are not delayed by this: they are sent at once.
 
 ``ticks``: Faust only lets an agent act when a message arrives, and a table may only be written
-from the stream. The worker therefore sends itself a tick per partition every ``tick_s``; a tick
+from the stream. The worker therefore sends itself a tick every ``tick_s`` for each partition it
+holds that has work waiting (``Detector.has_work``); a tick
 releases messages the ordering buffer held for a silent source, and takes the decision a lab panel
 is waiting for (``detectors.phases.flush``) once its patient has been quiet for ``flush_idle_s``.
 """
@@ -67,7 +68,7 @@ class WorkerConfig:
     fetch_wait_ms: int = 100
     #: how long the ordering buffer waits for a silent source (see streams.ordering)
     grace_ms: int = 300
-    tick_s: float = 0.1
+    tick_s: float = 0.25  # every tick is a broker record: see tick() in build()
     lag_interval_s: float = 5.0
     #: re-read a partition whose fetched messages have not reached the agent for this long
     stall_after_s: float = 5.0
@@ -175,6 +176,13 @@ class Detector:
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
             self._internal_error(event, exc)
 
+    def has_work(self, partition: int) -> bool:
+        """Something a tick would act on: held messages, unwritten state, unacknowledged
+        messages, or a lab panel waiting for its patient to go quiet."""
+        merge = self._merges.get(partition)
+        return bool((merge is not None and len(merge)) or self._dirty.get(partition)
+                    or self._unacked.get(partition) or self._pending.get(partition))
+
     def on_tick(self, partition: int, now: float) -> None:
         """Release what a silent source held back; flush lab panels of quiet patients;
         persist the state changed since the last tick."""
@@ -190,7 +198,7 @@ class Detector:
             alerts = flush(st, self.th)
             self._write(partition, pid)
             self._emit(alerts, None, now)
-        self._refresh_gauges()
+        self.refresh_gauges()
 
     def on_revoked(self) -> None:
         """Partitions are moving: drop buffers and caches; unacknowledged work comes again."""
@@ -375,7 +383,7 @@ class Detector:
             self._merges[partition] = merge
         return merge
 
-    def _refresh_gauges(self) -> None:
+    def refresh_gauges(self) -> None:
         if not self._phases_dirty:
             return
         if not self._phase_of:
@@ -451,8 +459,15 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
 
     @app.timer(cfg.tick_s)
     async def tick() -> None:
-        for partition in range(cfg.partitions):
-            await ticks_topic.send(value=b"", partition=partition)
+        # only to the partitions this worker holds (another worker ticks its own), and only
+        # when there is something to release, write or flush: every tick is a record on the
+        # broker, and on the embedded Tansu broker a partition's fetch cost grows with its
+        # record count (README, "Embedded broker limits")
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.vitals}
+        for partition in sorted(owned):
+            if detector.has_work(partition):
+                await ticks_topic.send(value=b"", partition=partition)
+        detector.refresh_gauges()  # e.g. patients by phase right after the table's recovery
 
     lag_topics = set(names.inputs)
 
