@@ -1,4 +1,5 @@
-"""Two corrections to Faust's aiokafka consumer, used by the worker and the notifier.
+"""Corrections to Faust's aiokafka consumer (faust-streaming 0.15.3, pinned), used by the worker
+and the notifier through ``install``; and ``StallGuard``, the safety net for what remains.
 
 1. **Fetch wait.** Faust hard-codes ``fetch_max_wait_ms=1500``: a quiet partition holds a fetch
    for 1.5 s, and that sets the alert latency. We set it (``--fetch-wait-ms``).
