@@ -37,8 +37,8 @@ clean:  ## remove the venv and caches
 bench-stream: $(STAMP)  ## stream benchmark (embedded broker): obs/s and latency at 1,000/s
 	$(BIN)/python bench/stream_bench.py
 
-bench-load: $(STAMP)  ## load: 500/1,000/2,000 beds, two workers, 30 simulated minutes in real time
-	$(BIN)/python bench/load_bench.py
+bench-load: $(STAMP)  ## load: growth with beds (500/1,000/2,000, two workers, 5 sim. min at 10x; ~2 min)
+	$(BIN)/python bench/load_bench.py --beds 500 1000 2000 --time-scale 10 --minutes 5
 
-bench-soak: $(STAMP)  ## soak: 1,000 beds at 10x for 10 minutes; worker RSS slope (MB/min)
-	$(BIN)/python bench/load_bench.py --beds 1000 --time-scale 10 --soak 600
+bench-soak: $(STAMP)  ## 2,000 beds, 30 minutes in real time: throughput, latency, RSS slope, plot
+	$(BIN)/python bench/load_bench.py --beds 2000 --time-scale 1 --soak 1800

@@ -13,7 +13,7 @@ time: 2,000 beds are ~100 messages/s; 10 = ten times that). Reported per bed cou
 worker's RSS is sampled every 10 s and the slope after the first third (warm-up) is reported in
 MB/min (flat memory: near 0).
 
-Prints a table and writes ``bench/results/load.json``.
+Prints a table and writes ``bench/results/load.json`` (and, for a soak, ``soak-rss.png`` beside it).
 
 Usage: python bench/load_bench.py [--beds 500 1000 2000] [--minutes 30] [--time-scale 1]
        python bench/load_bench.py --beds 1000 --time-scale 10 --soak 600
@@ -205,6 +205,32 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def plot_soak(soak: dict[str, Any], path: Path) -> None:
+    """Each worker's RSS over the soak: flat memory is easier seen than read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = soak["rss_samples"]
+    minutes = [x["t_s"] / 60 for x in samples]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for w in range(len(samples[0]["rss_mb"])):
+        ax.plot(minutes, [x["rss_mb"][w] for x in samples],
+                label=f"worker {'ab'[w]} ({soak['rss_slope_mb_per_min_after_warmup'][w]} MB/min "
+                      "after warm-up)")
+    ax.axvline(minutes[len(minutes) // 3], color="grey", linestyle=":", label="end of warm-up")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("resident memory, MB")
+    ax.set_ylim(0, max(max(x["rss_mb"]) for x in samples) * 1.2)
+    ax.set_title(f"Soak: {soak['beds']:,} beds, {soak['messages']:,} messages, "
+                 f"time scale x{soak['time_scale']:g}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _slopes(samples: list[tuple[float, list[float]]]) -> list[float | None]:
     """Least-squares RSS slope per worker (MB/min) over the samples after the first third."""
     tail = samples[len(samples) // 3:]
@@ -240,6 +266,7 @@ def main() -> int:
         if args.soak:
             r = run(broker, workdir, args.beds[0], 0, args.time_scale, soak_s=args.soak)
             result["soak"] = {**r, "soak_s": args.soak}
+            plot_soak(result["soak"], out.with_name("soak-rss.png"))
             print(f"soak {args.soak:.0f} s, {r['beds']} beds x{args.time_scale}: RSS "
                   f"{r['rss_mb_per_worker']} MB, slope after warm-up "
                   f"{r['rss_slope_mb_per_min_after_warmup']} MB/min", flush=True)
