@@ -213,6 +213,23 @@ class StallGuard:
         return overdue
 
 
+def watch(app: faust.App, topics: set[str], agent_name: str, after_s: float,
+          rereads: Any) -> StallGuard:
+    """Put a stall guard on ``app``: checked every second, reset when partitions move. The
+    agent must call ``guard.seen(message.tp, message.offset)`` for every message."""
+    guard = StallGuard(topics, after_s)
+
+    @app.timer(1.0)
+    async def watch_partitions() -> None:
+        await guard_check(app, guard, agent_name, rereads)
+
+    @app.on_partitions_revoked.connect
+    async def reset_guard(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        guard.reset()
+
+    return guard
+
+
 async def guard_check(app: faust.App, guard: StallGuard, agent_name: str, rereads: Any) -> None:
     """The timer body shared by the worker and the notifier; never raises."""
     try:

@@ -62,10 +62,7 @@ class Metrics:
             "Messages waiting in the arrival-order merge", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
-        self.rereads = Counter(
-            "clsmon_partition_rereads", "Input partitions re-read because fetched messages never "
-            "reached the agent (streams.consumer.StallGuard); should stay 0",
-            ["topic"], registry=r)
+        self.rereads = rereads_counter(r)
         self.consumer_lag = Gauge(
             "clsmon_consumer_lag_messages",
             "Messages in an input partition not yet fetched by this worker (highwater minus "
@@ -130,3 +127,11 @@ def serve(metrics: Metrics, ready: threading.Event, port: int,
     server = _MetricsServer((host, port), metrics, ready)
     threading.Thread(target=server.serve_forever, name="clsmon-metrics", daemon=True).start()
     return server
+
+
+def rereads_counter(registry: CollectorRegistry) -> Counter:
+    """The stall guard's counter (streams.consumer), in the worker's and the notifier's
+    registry alike."""
+    return Counter("clsmon_partition_rereads", "Input partitions re-read because fetched "
+                   "messages never reached the agent (streams.consumer.StallGuard); should "
+                   "stay 0", ["topic"], registry=registry)

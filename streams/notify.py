@@ -50,6 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from detectors.alerts import PHASES, SEVERITIES
 from detectors.observation import Rejection
 from streams import codec, consumer
+from streams.metrics import rereads_counter
 from streams.routing import Route, Routing, load_routing
 from streams.sinks import Delivery, Sink
 from streams.topics import TopicNames, bootstrap_of, ensure_topics
@@ -119,10 +120,7 @@ class NotifyMetrics:
             "clsmon_pending_escalations", "Critical alerts delivered, unacknowledged, waiting "
             "for their escalation deadline", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the notifier has started", registry=r)
-        self.rereads = Counter(
-            "clsmon_partition_rereads", "Input partitions re-read because fetched messages never "
-            "reached the agent (streams.consumer.StallGuard); should stay 0",
-            ["topic"], registry=r)
+        self.rereads = rereads_counter(r)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -439,7 +437,8 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
                         escalate_after_s=escalate_after)
     ready = threading.Event()
 
-    guard = consumer.StallGuard({names.alerts, names.alert_acks}, cfg.stall_after_s)
+    guard = consumer.watch(app, {names.alerts, names.alert_acks}, "notify", cfg.stall_after_s,
+                           metrics.rereads)
 
     @app.agent(inputs, name="notify")
     async def notify(stream: Any) -> None:
@@ -462,14 +461,6 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
             await notifier.escalate_due(owns)
         except Exception:  # noqa: BLE001 - retried at the next check
             log.exception("escalation check failed")
-
-    @app.timer(1.0)
-    async def watch_partitions() -> None:
-        await consumer.guard_check(app, guard, "notify", metrics.rereads)
-
-    @app.on_partitions_revoked.connect
-    async def revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        guard.reset()
 
     @app.task
     async def started() -> None:

@@ -445,17 +445,14 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     detector = Detector(cfg, th, metrics, table, alerts_topic, dead_topic)
     ready = threading.Event()
 
-    guard = consumer.StallGuard({*names.inputs, names.ticks}, cfg.stall_after_s)
+    guard = consumer.watch(app, {*names.inputs, names.ticks}, "detect", cfg.stall_after_s,
+                           metrics.rereads)
 
     @app.agent(inputs, name="detect")
     async def detect(stream: Any) -> None:
         async for event in stream.noack().events():
             guard.seen(event.message.tp, event.message.offset)
             detector.on_event(event)
-
-    @app.timer(1.0)
-    async def watch_partitions() -> None:
-        await consumer.guard_check(app, guard, "detect", metrics.rereads)
 
     @app.timer(cfg.tick_s)
     async def tick() -> None:
@@ -494,7 +491,6 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
 
     @app.on_partitions_revoked.connect
     async def revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        guard.reset()
         detector.on_revoked()
 
     return Worker(app, detector, metrics, ready, data_dir)
