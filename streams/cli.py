@@ -145,6 +145,16 @@ def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
                    help="prefix of every topic name (env CLSMON_TOPIC_PREFIX, default clsmon.)")
 
 
+def _add_consumer_options(p: argparse.ArgumentParser) -> None:
+    """The consumer settings the worker and the notifier share (see streams/consumer.py)."""
+    p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
+                   help="re-read a partition whose fetched messages have not reached the agent "
+                        "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
+                        "streams/consumer.py)")
+    p.add_argument("--session-timeout", type=float, default=6.0,
+                   help="consumer group session timeout in seconds (default 6)")
+
+
 def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> None:
     """The HTTP server of a long-running process: /metrics, /healthz, /readyz."""
     p.add_argument("--web-port", type=int, default=int(_env(port_env, str(port)) or port),
@@ -175,12 +185,7 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-idle-s", type=float, default=3.0,
                    help="take a waiting lab-panel decision once the patient has been quiet "
                         "this long (default 3)")
-    p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
-                   help="re-read a partition whose fetched messages have not reached the agent "
-                        "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
-                        "streams/consumer.py)")
-    p.add_argument("--session-timeout", type=float, default=6.0,
-                   help="consumer group session timeout in seconds (default 6)")
+    _add_consumer_options(p)
     p.add_argument("--producer-max-batch-size", type=int, default=1,
                    help="bytes per produce batch; 1 (default) sends records one by one, which "
                         "Tansu needs for exact table recovery; 0 = aiokafka's default "
@@ -336,12 +341,7 @@ def _add_notify_parsers(sub: Any) -> None:
     p.add_argument("--store", default=_env("CLSMON_STORE", "memory://"),
                    help="table store (env CLSMON_STORE, default memory://)")
     p.add_argument("--fetch-wait-ms", type=int, default=100, help="consumer fetch wait")
-    p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
-                   help="re-read a partition whose fetched messages have not reached the agent "
-                        "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
-                        "streams/consumer.py)")
-    p.add_argument("--session-timeout", type=float, default=6.0,
-                   help="consumer group session timeout in seconds (default 6)")
+    _add_consumer_options(p)
     p.add_argument("--producer-max-batch-size", type=int, default=1,
                    help="1 (default) for Tansu's exact table recovery; 0 on Apache Kafka")
     p.add_argument("--commit-interval", type=float, default=0.5,
