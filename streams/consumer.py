@@ -19,7 +19,34 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    to Faust's table recovery, which positions them itself. Re-reading is safe: processing is
    at-least-once and idempotent downstream (deterministic alert ids, the notifier's dedup table).
 
-3. **Four tasks per message.** Faust's ``_drain_messages`` hands each message to the agents with
+3. **Batches that do not start where the stream is.** ``getmany`` awaits a batch from the
+   consumer's thread (up to 1 s) and only then reads the generation it checks records against,
+   so a rebalance that completes during that wait (flow stopped, partitions sought back to their
+   commits, flow resumed) leaves a batch fetched from the OLD positions, which Faust delivers as
+   current. Two things follow. Faust records those offsets as read, and when the messages from
+   the commit arrive it drops them as "already read" (``offset >= read_offset`` fails): never
+   acknowledged, the committed offset stops for good (a "stalled" partition). Or, worse, it
+   takes the jump for a compacted-topic gap (``_add_gap``) and counts the skipped offsets as
+   acknowledged: they are committed without ever being processed (lost). Both were seen in the
+   rebalance and SIGTERM tests (issue 7). Our ``_drain_messages`` delivers a stream
+   partition's messages only in contiguous offset order (from the offset every seek sets): on a
+   jump it seeks the partition back to the first missing offset and drops the rest of that
+   batch. Our input topics are not compacted and carry no transaction markers, so their offsets
+   are contiguous (a hole that is there again after the re-read is let through, with a warning).
+
+4. **Commits past unacknowledged messages.** Faust commits the run of acknowledged offsets that
+   follows its last commit, but its test for "the message at the head is not acknowledged yet"
+   is off by one (``min(acked) - committed > 1``, where ``committed`` is already the NEXT
+   offset) and is skipped altogether while nothing has been committed (``if committed:``). Our
+   worker acknowledges out of offset order by design: a dead letter at once, the valid message
+   before it only once the ordering merge released it and its state was written. So Faust
+   committed past messages still held in the merge, and a worker stopped (SIGTERM, rebalance)
+   before releasing them lost them: the SIGTERM test counted up to hundreds fewer processed
+   messages than sent, all committed (issue 7). ``_new_offset`` is rewritten to commit only
+   from the first unacknowledged offset (the commit, or where reading began); our
+   ``_drain_messages`` never registers skipped offsets as a gap that counts as acknowledged.
+
+5. **Four tasks per message.** Faust's ``_drain_messages`` hands each message to the agents with
    ``wait_first(deliver(message), suspend_flow.wait())`` so that a rebalance can interrupt a
    delivery blocked by a full agent buffer. ``Service.wait_first`` wraps both, plus "stopped"
    and "crashed", in tasks and ``asyncio.wait``s on them: about a third of a worker's time at
@@ -32,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 import aiokafka
@@ -41,6 +68,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 log = logging.getLogger(__name__)
+_CONSUMER_FETCHING = "FETCHING"  # faust.transport.consumer.CONSUMER_FETCHING
 
 #: Faust's own value, kept when --fetch-wait-ms is not given
 FAUST_FETCH_WAIT_MS = 1500
@@ -57,6 +85,22 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[Any, int]:
         return await self.call_thread(self._seek_every_stream_partition)
 
+    def fetch_position(self, tp: Any) -> int | None:
+        """The next offset aiokafka will hand to Faust for ``tp``; None when unknown.
+
+        Read without a round trip to the consumer's thread (one attribute of aiokafka's
+        subscription state, an int under the GIL), because the ordering merge asks it on its hot
+        path; ``await consumer.position(tp)`` costs a thread hop.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except (AttributeError, KeyError, TypeError):  # not assigned (any more)
+            return None
+        return state._position if state is not None else None
+
     async def _seek_every_stream_partition(self) -> Mapping[Any, int]:
         """Runs in the consumer's thread (aiokafka's loop)."""
         consumer = self._ensure_consumer()
@@ -72,6 +116,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 consumer.seek(tp, offset)
             else:
                 uncommitted.append(tp)
+        log.info("seek to committed: %s", {f"{tp.topic}[{tp.partition}]": committed[tp]
+                                           for tp in consumer.assignment()
+                                           if tp.topic not in changelogs})
         if uncommitted:
             if self.app.conf.consumer_auto_offset_reset == "latest":
                 await consumer.seek_to_end(*uncommitted)
@@ -106,11 +153,153 @@ class _Continue:
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    #: batches (of one partition) dropped because they did not start where the last one ended
+    holes: int = 0
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def _expect(self) -> dict[Any, int]:
+        """Per stream partition, the offset the next batch must start at (3. in the doc)."""
+        expect: dict[Any, int] | None = self.__dict__.get("_clsmon_expect")
+        if expect is None:
+            expect = self.__dict__["_clsmon_expect"] = {}
+        return expect
+
+    def _start(self) -> dict[Any, int]:
+        """Per stream partition, where reading began at the last seek (the commit floor while
+        nothing has been committed yet; 4. in the module doc)."""
+        start: dict[Any, int] | None = self.__dict__.get("_clsmon_start")
+        if start is None:
+            start = self.__dict__["_clsmon_start"] = {}
+        return start
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # where every stream partition will be read from now (its commit, or the start)
+        changelogs = self.app.tables.changelog_topics
+        expect, start = self._expect(), self._start()
+        expect.clear()
+        start.clear()
+        for tp in self.assignment():
+            if tp.topic not in changelogs:
+                position = self._thread.fetch_position(tp)
+                if position is not None:
+                    expect[tp] = start[tp] = position
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``: one past the run of acknowledged offsets that
+        begins at the first unacknowledged one, or None while that one is not acknowledged."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        committed = self._committed_offset[tp]
+        head = committed if committed is not None else self._start().get(tp)
+        if head is None:
+            return None  # never sought (not a stream partition of ours): commit nothing
+        acked.sort()
+        while acked and acked[0] < head:  # acknowledged again after a re-read: done already
+            self._acked_index[tp].discard(acked.pop(0))
+        if not acked or acked[0] != head:
+            return None
+        end = 0
+        while end + 1 < len(acked) and acked[end + 1] == acked[end] + 1:
+            end += 1
+        batch = acked[:end + 1]
+        del acked[:end + 1]
+        self._acked_index[tp].difference_update(batch)
+        return batch[-1] + 1
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._expect()[partition] = offset
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's loop that hands fetched messages to the streams, with one change: a stream
+        partition's messages are delivered in contiguous offset order (3. in the module doc).
+
+        Faust delivers any offset at or above the partition's "read offset" and takes a jump for
+        a compacted-topic gap. Here a message is delivered only if it is the next offset the
+        stream expects (set by every seek, advanced by every delivery); one below it was
+        delivered already and is dropped; one above it means messages were skipped (a batch
+        fetched across a seek, a batch Faust abandoned at a rebalance, ...): the partition is
+        sought back to the expected offset and the rest of its batch is dropped, to be fetched
+        again in order. Changelog partitions (table recovery) are delivered as Faust does.
+        """
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        commit_every = self._commit_every
+        changelogs = self.app.tables.changelog_topics
+        expect = self._expect()
+        retried: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_clsmon_retried", {})
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(_CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    rewinding: set[Any] = set()
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > 100:
+                            await asyncio.sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        if tp.topic in changelogs:
+                            r_offset = get_read_offset(tp)
+                            if r_offset is not None and offset < r_offset:
+                                continue
+                        else:
+                            if tp in rewinding:
+                                continue
+                            wanted = expect.get(tp)
+                            if wanted is not None and offset != wanted:
+                                if offset < wanted:
+                                    continue  # delivered already (a re-read overlaps it)
+                                if retried.get(tp) != (wanted, offset):
+                                    retried[tp] = (wanted, offset)
+                                    self.holes += 1
+                                    log.info("%s[%s]: got offset %s, expected %s; reading "
+                                             "again from %s", tp.topic, tp.partition, offset,
+                                             wanted, wanted)
+                                    rewinding.add(tp)
+                                    await self.seek(tp, wanted)
+                                    continue
+                                # read again, same hole: the log has no such offsets
+                                log.warning("%s[%s]: offsets %s..%s do not exist; going on",
+                                            tp.topic, tp.partition, wanted, offset - 1)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                        if tp.topic not in changelogs:
+                            expect[tp] = offset + 1
+                    unset_flag(_CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(_CONSUMER_FETCHING)
+
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        """Faust's only call here is the delivery of one message (3. in the module doc)."""
+        """Faust's only call here is the delivery of one message (5. in the module doc)."""
         if (len(coros) != 2 or timeout is not None or not asyncio.iscoroutine(coros[0])
                 or self.suspend_flow.is_set() or self._stopped.is_set()
                 or self._crashed.is_set()):
@@ -156,13 +345,22 @@ class StallGuard:
     next offset the agent expects, the agent's input buffer is empty (so nothing fetched is on
     its way), and that has not changed for ``after_s`` seconds. Re-reading is safe
     (at-least-once, idempotent downstream); a false alarm costs one redelivery.
+
+    A re-read comes ``after_s`` late, so the ordering merge must not take the quiet of such a
+    partition for silence: ``in_flight`` tells it which partitions have fetched messages the
+    agent has not received, for at most ``hold_s`` while no progress is made (a gap that never
+    fills must not stop the merge for good; after that the merge's grace rule applies again).
     """
 
     def __init__(self, topics: set[str], after_s: float = 5.0) -> None:
         self.topics = topics
         self.after_s = after_s
+        #: the guard's check period (1 s) + ``after_s`` + the re-read's own fetch, with margin
+        self.hold_s = 3 * after_s + 2.0
         self._next: dict[Any, int] = {}  # tp -> next offset the agent expects
         self._since: dict[Any, tuple[int, int, float]] = {}  # tp -> (next, position, first seen)
+        self._held: dict[Any, tuple[int, float]] = {}  # tp -> (next expected, held since)
+        self._stuck: dict[Any, tuple[int, float]] = {}  # tp -> (commit, first seen stuck)
 
     def seen(self, tp: Any, offset: int) -> None:
         """The agent received this message (hot path: one dict write)."""
@@ -172,15 +370,54 @@ class StallGuard:
         """Partitions moved: Faust seeks them itself."""
         self._next.clear()
         self._since.clear()
+        self._held.clear()
+        self._stuck.clear()
+
+    def in_flight(self, tp: Any, position: int | None, committed: int | None,
+                  now: float) -> bool:
+        """Has ``tp`` been fetched past what the agent received (``position``: the consumer's
+        fetch position; ``committed``: where the agent started when it has received nothing)?
+        True for at most ``hold_s`` without progress."""
+        expected = self._next.get(tp)
+        if expected is None:
+            expected = max(committed or 0, 0)
+        if position is None or position <= expected:
+            self._held.pop(tp, None)
+            return False
+        held = self._held.get(tp)
+        if held is None or held[0] != expected:
+            self._held[tp] = (expected, now)
+            return True
+        return now - held[1] < self.hold_s
 
     def overdue(self, positions: Mapping[Any, int | None], committed: Mapping[Any, int | None],
-                buffer_empty: bool, now: float) -> dict[Any, int]:
-        """Partitions to re-read, with the offset to re-read them from."""
+                buffer_empty: bool, now: float,
+                idle: Callable[[Any], bool] | None = None) -> dict[Any, int]:
+        """Partitions to re-read, with the offset to re-read them from.
+
+        With ``idle`` (``tp -> True`` when the agent holds nothing unacknowledged of it) a
+        second rule applies: a commit that stays behind what the agent received while the agent
+        is idle for that partition means a message was received and lost on the way to its
+        acknowledgement; the partition is re-read from the commit after ``2 * after_s``.
+        """
         out: dict[Any, int] = {}
         for tp, position in positions.items():
             expected = self._next.get(tp)
             if expected is None:
                 expected = max(committed.get(tp) or 0, 0)
+            done = committed.get(tp)
+            if (idle is not None and buffer_empty and done is not None and expected > done
+                    and idle(tp)):
+                stuck = self._stuck.get(tp)
+                if stuck is None or stuck[0] != done:
+                    self._stuck[tp] = (done, now)
+                elif now - stuck[1] >= 2 * self.after_s:
+                    out[tp] = done
+                    self._stuck.pop(tp, None)
+                    self._since.pop(tp, None)
+                    continue
+            else:
+                self._stuck.pop(tp, None)
             if position is None or position <= expected or not buffer_empty:
                 self._since.pop(tp, None)
                 continue
@@ -193,10 +430,12 @@ class StallGuard:
                 self._since.pop(tp, None)
         return out
 
-    async def check(self, app: faust.App, agent_name: str) -> dict[Any, int]:
+    async def check(self, app: faust.App, agent_name: str,
+                    idle: Callable[[Any], bool] | None = None) -> dict[Any, int]:
         """Look at the app's input partitions; seek the overdue ones. Returns what it seeked."""
         if app.rebalancing or getattr(app, "in_recovery", False):
             self._since.clear()
+            self._stuck.clear()
             return {}
         app_consumer = app.consumer
         tps = [tp for tp in app_consumer.assignment() if tp.topic in self.topics]
@@ -204,24 +443,25 @@ class StallGuard:
         committed = {tp: app_consumer._committed_offset.get(tp) for tp in tps}
         agent = app.agents[agent_name]
         buffer_empty = all(actor.stream.channel.queue.empty() for actor in agent._actors)
-        overdue = self.overdue(positions, committed, buffer_empty, time.monotonic())
+        overdue = self.overdue(positions, committed, buffer_empty, time.monotonic(), idle)
         for tp, offset in overdue.items():
-            log.warning("%s[%s]: fetched to %s but the agent got messages only up to %s; "
+            log.warning("%s[%s]: fetched to %s, the agent got messages up to %s, committed %s; "
                         "re-reading from %s", tp.topic, tp.partition, positions[tp],
-                        offset - 1, offset)
+                        self._next.get(tp, 0) - 1, committed.get(tp), offset)
             await app_consumer.seek(tp, offset)
         return overdue
 
 
 def watch(app: faust.App, topics: set[str], agent_name: str, after_s: float,
-          rereads: Any) -> StallGuard:
+          rereads: Any, idle: Callable[[Any], bool] | None = None) -> StallGuard:
     """Put a stall guard on ``app``: checked every second, reset when partitions move. The
-    agent must call ``guard.seen(message.tp, message.offset)`` for every message."""
+    agent must call ``guard.seen(message.tp, message.offset)`` for every message; ``idle``
+    (``tp -> bool``) turns on the stuck-commit rule (``StallGuard.overdue``)."""
     guard = StallGuard(topics, after_s)
 
     @app.timer(1.0)
     async def watch_partitions() -> None:
-        await guard_check(app, guard, agent_name, rereads)
+        await guard_check(app, guard, agent_name, rereads, idle)
 
     @app.on_partitions_revoked.connect
     async def reset_guard(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -230,10 +470,28 @@ def watch(app: faust.App, topics: set[str], agent_name: str, after_s: float,
     return guard
 
 
-async def guard_check(app: faust.App, guard: StallGuard, agent_name: str, rereads: Any) -> None:
+def in_flight_probe(app: faust.App, guard: StallGuard) -> Any:
+    """``probe(topic, partition) -> bool``: the guard's ``in_flight`` with this app's live fetch
+    position and committed offset; never raises (unknown means "not in flight")."""
+    from faust.types import TP
+
+    def probe(topic: str, partition: int) -> bool:
+        try:
+            tp = TP(topic, partition)
+            app_consumer = app.consumer
+            return guard.in_flight(tp, app_consumer._thread.fetch_position(tp),
+                                   app_consumer._committed_offset.get(tp), time.monotonic())
+        except Exception:  # noqa: BLE001 - e.g. no consumer yet: fall back to the grace rule
+            return False
+
+    return probe
+
+
+async def guard_check(app: faust.App, guard: StallGuard, agent_name: str, rereads: Any,
+                      idle: Callable[[Any], bool] | None = None) -> None:
     """The timer body shared by the worker and the notifier; never raises."""
     try:
-        for tp in await guard.check(app, agent_name):
+        for tp in await guard.check(app, agent_name, idle):
             rereads.labels(tp.topic).inc()
     except Exception:  # noqa: BLE001 - a watchdog must not take the worker down
         log.debug("stall guard check failed", exc_info=True)

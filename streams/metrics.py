@@ -135,3 +135,18 @@ def rereads_counter(registry: CollectorRegistry) -> Counter:
     return Counter("clsmon_partition_rereads", "Input partitions re-read because fetched "
                    "messages never reached the agent (streams.consumer.StallGuard); should "
                    "stay 0", ["topic"], registry=registry)
+
+
+def final_counts(registry: CollectorRegistry) -> dict[str, float]:
+    """Every counter sample of ``registry`` (``name{label="v",...}`` -> value), for the line a
+    worker prints when it stops: what it did after the last scrape is counted there too."""
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        if family.type != "counter":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

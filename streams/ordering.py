@@ -15,6 +15,13 @@ been silent for ``grace_ms`` while the message is at least ``grace_ms`` old (a b
 watermark; a quiet lab feed must not hold the vitals back for ever). Backlog (a restart, a late
 start) is merged exactly; live traffic is delayed by up to ``grace_ms``.
 
+Quiet is not the same as silent: a source whose messages this worker has already fetched but not
+yet received (held up inside the consumer, or dropped by Faust at a rebalance and waiting for a
+re-read, see ``streams.consumer.StallGuard``) has more to say. The caller tells ``pop_ready``
+which sources are in that state (``in_flight``), and those never count as silent: without this a
+lab panel re-read a few seconds late was folded in after the vitals that followed it, hours
+later in event time on a backlog, and changed an alert (issue 7).
+
 Pure: no Kafka, no clock reads (callers pass ``now_ms``), so it is tested without a broker.
 """
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -57,11 +64,15 @@ class PartitionMerge(Generic[T]):
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
 
-    def pop_ready(self, now_ms: int) -> list[T]:
-        """Every buffered message that no source can precede any more, in arrival order."""
+    def pop_ready(self, now_ms: int, in_flight: Callable[[str], bool] | None = None) -> list[T]:
+        """Every buffered message that no source can precede any more, in arrival order.
+
+        ``in_flight(source)`` says whether messages of ``source`` are on their way to this worker;
+        it is asked only when a release depends on that source being silent.
+        """
         out: list[T] = []
         heap = self._heap
-        while heap and self._may_release(heap[0][0], heap[0][1], now_ms):
+        while heap and self._may_release(heap[0][0], heap[0][1], now_ms, in_flight):
             out.append(heapq.heappop(heap)[4])
         return out
 
@@ -71,7 +82,8 @@ class PartitionMerge(Generic[T]):
         self._heap.clear()
         return out
 
-    def _may_release(self, ts: int, rank: int, now_ms: int) -> bool:
+    def _may_release(self, ts: int, rank: int, now_ms: int,
+                     in_flight: Callable[[str], bool] | None) -> bool:
         old_enough = now_ms - ts >= self._grace
         for source, source_rank in self._rank.items():
             last = self._last_ts[source]
@@ -79,7 +91,8 @@ class PartitionMerge(Generic[T]):
             # (an equal timestamp from it would sort first); one ranked after, at least to it
             if last > ts or (last == ts and source_rank >= rank):
                 continue
-            if old_enough and now_ms - self._last_seen[source] >= self._grace:
+            if (old_enough and now_ms - self._last_seen[source] >= self._grace
+                    and (in_flight is None or not in_flight(source))):
                 continue
             return False
         return True

@@ -26,13 +26,14 @@ is waiting for (``detectors.phases.flush``) once its patient has been quiet for 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +45,14 @@ from detectors.observation import Observation, PatientContext, Rejection, normal
 from detectors.phases import apply_context, flush, step
 from detectors.state import PatientState
 from streams import codec, consumer
-from streams.metrics import Metrics, serve
+from streams.metrics import Metrics, final_counts, serve
 from streams.ordering import PartitionMerge
 from streams.topics import TopicNames, bootstrap_of, ensure_topics
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "patient-state"
+#: prefix of the line a worker or notifier prints on exit, followed by its counters as JSON
+FINAL_COUNTS = "clsmon: final counts "
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,9 @@ class Detector:
         self._unacked: dict[int, list[Any]] = {}
         self._phase_of: dict[str, str] = {}
         self._phases_dirty = True
+        #: ``(topic, partition) -> bool``: messages fetched but not yet received (the ordering
+        #: merge must wait for them); set by ``build`` from the stall guard
+        self.in_flight: Callable[[str, int], bool] | None = None
 
     # -- entry points ------------------------------------------------------------------------
     def on_event(self, event: Any, now: float | None = None) -> None:
@@ -246,7 +252,9 @@ class Detector:
         merge = self._merges.get(partition)
         if merge is None:
             return
-        items = merge.pop_ready(int(now * 1000))
+        probe = self.in_flight
+        items = merge.pop_ready(int(now * 1000), None if probe is None
+                                else lambda source: probe(source, partition))
         if not items:
             self._update_buffered()
             return
@@ -446,7 +454,8 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     ready = threading.Event()
 
     guard = consumer.watch(app, {*names.inputs, names.ticks}, "detect", cfg.stall_after_s,
-                           metrics.rereads)
+                           metrics.rereads, idle=lambda tp: not detector.has_work(tp.partition))
+    detector.in_flight = consumer.in_flight_probe(app, guard)
 
     @app.agent(inputs, name="detect")
     async def detect(stream: Any) -> None:
@@ -528,4 +537,8 @@ def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: 
     finally:
         if server is not None:
             server.shutdown()
+        # the last word on what this process did: a scrape racing the shutdown can miss the
+        # messages processed (and committed) while it stopped
+        print(FINAL_COUNTS + json.dumps(final_counts(metrics.registry), sort_keys=True),
+              flush=True)
     return 0

@@ -85,6 +85,22 @@ class WorkerProcess:
                 out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         return out
 
+    def final_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        """The counters the process printed when it stopped (``FINAL_COUNTS``), in the form of
+        ``metrics()``; None when it printed none (killed, or still running)."""
+        from streams.worker import FINAL_COUNTS
+
+        if not self._log.closed:
+            self._log.flush()
+        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
+                 if ln.startswith(FINAL_COUNTS)]
+        if not lines:
+            return None
+        counts = json.loads(lines[-1][len(FINAL_COUNTS):])
+        text = "".join(f"{name} {value}\n" for name, value in counts.items())
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
     def total(self, name: str, **labels: str) -> float:
         return sum(v for (n, lab), v in self.metrics().items()
                    if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))

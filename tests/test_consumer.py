@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 import pytest
+from faust.types import TP
 
 from streams import consumer as clsmon_consumer
 
@@ -22,6 +23,7 @@ from streams import consumer as clsmon_consumer
 @pytest.fixture
 def faust_consumer(tmp_path: Any) -> Any:
     app = faust.App("consumer-test", broker="kafka://127.0.0.1:1", datadir=str(tmp_path))
+    app.Table("state")  # its changelog: consumer-test-state-changelog
     clsmon_consumer.install(app, 50)
     return app.consumer
 
@@ -117,6 +119,56 @@ def test_with_the_flow_already_suspended_faust_decides_as_before(faust_consumer:
     assert result.results == [True]  # the suspension won, the delivery never finished
 
 
+# --- what is committed (5. in streams.consumer) ----------------------------------------------
+
+def _acknowledge(consumer: Any, tp: Any, offsets: list[int]) -> None:
+    for offset in offsets:
+        consumer._acked[tp].append(offset)
+        consumer._acked_index[tp].add(offset)
+
+
+def test_nothing_is_committed_past_a_message_still_held_before_the_first_commit(
+        faust_consumer: Any) -> None:
+    """Reading began at 100; 101 and 102 (dead letters) are acknowledged at once while 100 waits
+    in the ordering merge. Faust committed 103 here, and a stop then lost 100."""
+    tp = TP("vitals", 0)
+    faust_consumer._start()[tp] = 100
+    _acknowledge(faust_consumer, tp, [102, 101])
+    assert faust_consumer._new_offset(tp) is None
+    _acknowledge(faust_consumer, tp, [100])
+    assert faust_consumer._new_offset(tp) == 103
+
+
+def test_nothing_is_committed_past_the_one_unacknowledged_message_after_the_commit(
+        faust_consumer: Any) -> None:
+    """Faust's off-by-one: committed 100 (the NEXT offset), 101 acknowledged, 100 not."""
+    tp = TP("vitals", 0)
+    faust_consumer._committed_offset[tp] = 100
+    _acknowledge(faust_consumer, tp, [101])
+    assert faust_consumer._new_offset(tp) is None
+    _acknowledge(faust_consumer, tp, [100, 103])
+    assert faust_consumer._new_offset(tp) == 102  # up to the next hole (102)
+    _acknowledge(faust_consumer, tp, [99])  # a re-read of something committed already
+    faust_consumer._committed_offset[tp] = 102
+    _acknowledge(faust_consumer, tp, [102])
+    assert faust_consumer._new_offset(tp) == 104
+
+
+def test_stall_guard_re_reads_from_a_commit_stuck_behind_an_idle_agent() -> None:
+    guard = clsmon_consumer.StallGuard({"t"}, after_s=1.0)
+    guard.seen("t0", 49)  # the agent got up to 49, nothing of it is waiting; commit stays at 40
+    idle = {"t0"}
+    assert guard.overdue({"t0": 50}, {"t0": 40}, True, now=0.0, idle=idle.__contains__) == {}
+    assert guard.overdue({"t0": 50}, {"t0": 40}, True, now=1.9, idle=idle.__contains__) == {}
+    assert guard.overdue({"t0": 50}, {"t0": 40}, True, now=2.0,
+                         idle=idle.__contains__) == {"t0": 40}
+    # busy (held messages, unwritten state): a commit behind is normal then
+    idle.clear()
+    for now in (3.0, 10.0):
+        assert guard.overdue({"t0": 50}, {"t0": 40}, True, now=now,
+                             idle=idle.__contains__) == {}
+
+
 # --- the stall guard's rule -------------------------------------------------------------------
 
 def test_stall_guard_re_reads_from_the_first_message_the_agent_did_not_get() -> None:
@@ -154,3 +206,75 @@ def test_stall_guard_leaves_a_partition_that_is_caught_up_alone() -> None:
     assert guard.overdue({"t0": 6, "t1": None}, {}, buffer_empty=True, now=9.0) == {}
     guard.reset()  # after a rebalance Faust positions partitions itself
     assert guard.overdue({"t0": 6}, {"t0": 6}, buffer_empty=True, now=9.0) == {}
+
+
+# --- what the ordering merge asks: fetched messages the agent has not received yet -------------
+
+def test_a_partition_fetched_past_what_the_agent_got_is_in_flight() -> None:
+    guard = clsmon_consumer.StallGuard({"t"}, after_s=5.0)
+    guard.seen("t0", 9)  # the agent got offset 9; the consumer handed Faust up to 11
+    assert guard.in_flight("t0", position=12, committed=None, now=0.0)
+    guard.seen("t0", 11)
+    assert not guard.in_flight("t0", position=12, committed=None, now=0.1)
+
+
+def test_with_nothing_received_since_the_assignment_the_committed_offset_is_the_reference() -> None:
+    guard = clsmon_consumer.StallGuard({"t"}, after_s=5.0)
+    assert guard.in_flight("t0", position=30, committed=20, now=0.0)  # 20..29 never arrived
+    assert not guard.in_flight("t0", position=20, committed=20, now=0.0)
+    assert not guard.in_flight("t0", position=None, committed=20, now=0.0)  # unknown position
+
+
+def test_in_flight_without_progress_expires_so_a_gap_that_never_fills_cannot_stop_the_merge(
+        ) -> None:
+    guard = clsmon_consumer.StallGuard({"t"}, after_s=1.0)
+    assert guard.hold_s > guard.after_s + 1.0  # long enough for the guard's re-read to arrive
+    guard.seen("t0", 4)
+    assert guard.in_flight("t0", 9, None, now=100.0)
+    assert guard.in_flight("t0", 9, None, now=100.0 + guard.hold_s - 0.01)
+    assert not guard.in_flight("t0", 9, None, now=100.0 + guard.hold_s)
+    guard.seen("t0", 5)  # progress: held again, with a new clock
+    assert guard.in_flight("t0", 9, None, now=100.0 + guard.hold_s + 0.5)
+    guard.reset()  # partitions moved
+    assert not guard.in_flight("t0", 9, 9, now=200.0)
+
+
+@pytest.mark.broker
+def test_fetch_position_reads_the_same_offset_as_aiokafkas_position(
+        kafka_bootstrap: str) -> None:
+    """The sync read of aiokafka's private state must agree with its public ``position()``, at a
+    seek and after a fetch: a pin for aiokafka upgrades."""
+    import aiokafka
+    from kafka import KafkaProducer
+    from stream_support import fresh_prefix
+
+    topic = fresh_prefix() + "positions"
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(6):
+        producer.send(topic, key=b"k", value=str(i).encode(), partition=0)
+    producer.flush()
+    producer.close()
+    tp = aiokafka.TopicPartition(topic, 0)
+
+    async def main() -> list[tuple[int | None, int]]:
+        client = aiokafka.AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap,
+                                           enable_auto_commit=False)
+        await client.start()
+        thread = type("Thread", (), {"_consumer": client})()
+        read = clsmon_consumer._ConsumerThread.fetch_position
+        try:
+            client.assign([tp])
+            assert read(thread, aiokafka.TopicPartition(topic, 1)) is None  # not assigned
+            client.seek(tp, 2)
+            seen = [(read(thread, tp), await client.position(tp))]
+            got = 0
+            while got < 4:
+                batch = await client.getmany(tp, timeout_ms=5000)
+                assert batch, "nothing fetched"
+                got += sum(len(v) for v in batch.values())
+            seen.append((read(thread, tp), await client.position(tp)))
+            return seen
+        finally:
+            await client.stop()
+
+    assert asyncio.run(main()) == [(2, 2), (6, 6)]

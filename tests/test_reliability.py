@@ -130,7 +130,8 @@ def _stop_and_last_metrics(worker: WorkerProcess, sig: int,
                            timeout: float = 20.0) -> tuple[Metrics, int, float]:
     """Signal the worker and keep scraping until it exits: (last metrics, exit code, seconds).
 
-    For SIGKILL the last scrape is the one just before the kill."""
+    A worker that stops cleanly prints its final counters, which count what it did after the
+    last scrape; for SIGKILL the last scrape is the one just before the kill."""
     last = worker.metrics()
     started = time.monotonic()
     worker.proc.send_signal(sig)
@@ -142,6 +143,10 @@ def _stop_and_last_metrics(worker: WorkerProcess, sig: int,
         time.sleep(0.02)
     elapsed = time.monotonic() - started
     code = worker.stop(timeout=1)  # kills it if it did not exit in time
+    final = worker.final_metrics()
+    if sig != signal.SIGKILL:
+        assert final is not None, f"no final counts after a clean stop:\n{worker.output()}"
+        return final, code, elapsed
     return last, code, elapsed
 
 
@@ -258,7 +263,7 @@ def test_rebalance_and_kill_lose_nothing_and_alert_like_the_replay(
         assert sum(_outcome(m, "dead_letter") for m in everything) >= rejects > 0
         assert len(_dead_letter_offsets(kafka_bootstrap, names, rejects)) == rejects
         if got != expected:
-            raise Diverged(f"extra {got - expected}, missing {expected - got}")
+            raise Diverged(f"extra {got - expected}, missing {expected - got}\n{b2.output()}")
         assert b2.total("clsmon_ordering_buffer_messages") == 0
         assert b2.stop() == 0, b2.output()
         _clinicians_notified_once(kafka_bootstrap, names, expected, tmp_path)
@@ -488,7 +493,7 @@ def test_sigterm_under_load_exits_cleanly_and_the_restart_loses_nothing(
         assert len(_dead_letter_offsets(kafka_bootstrap, names, rejects)) == rejects
         assert got == expected
         # it resumed from committed offsets, it did not start over
-        assert _processed(final) < len(messages)
+        assert _processed(final) < len(messages), restarted.output()
     finally:
         if worker.proc.poll() is None:
             worker.stop()

@@ -40,6 +40,19 @@ def test_merge_releases_after_grace_when_a_source_is_silent() -> None:
     assert m.pop_ready(1_305) == ["v"]
 
 
+def test_merge_does_not_take_a_source_with_messages_in_flight_for_a_silent_one() -> None:
+    """A lab panel fetched but not yet received (held up, or dropped at a rebalance and waiting
+    for its re-read) must still come before the vitals that follow it."""
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    m.push("v", 1_000, 0, "v", now_ms=1_005)
+    labs_on_their_way = {"l"}
+    assert m.pop_ready(5_000, lambda s: s in labs_on_their_way) == []
+    m.push("l", 900, 0, "lab", now_ms=5_001)
+    labs_on_their_way.clear()
+    assert m.pop_ready(5_002, lambda s: s in labs_on_their_way) == ["lab"]
+    assert m.pop_ready(5_301, lambda s: s in labs_on_their_way) == ["v"]  # labs quiet again
+
+
 def test_merge_ties_follow_source_rank() -> None:
     m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=10_000)
     m.push("p", 4, 0, "ctx4", 10_000)
