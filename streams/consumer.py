@@ -33,6 +33,11 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    jump it seeks the partition back to the first missing offset and drops the rest of that
    batch. Our input topics are not compacted and carry no transaction markers, so their offsets
    are contiguous (a hole that is there again after the re-read is let through, with a warning).
+   Related: on a FIRST assignment Faust's flow is already on, so it delivered from wherever
+   aiokafka started while the seek to the commits was under way, and its commits raced with
+   that seek. Between a rebalance and its seek (``seeking``) stream records are not delivered;
+   the seek reads them again, and a partition dropped from while the seek was under way is
+   sought again right after it.
 
 4. **Commits past unacknowledged messages.** Faust commits the run of acknowledged offsets that
    follows its last commit, but its test for "the message at the head is not acknowledged yet"
@@ -76,6 +81,8 @@ FAUST_FETCH_WAIT_MS = 1500
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: int = FAUST_FETCH_WAIT_MS
+    #: where the last seek put each stream partition (read by ``_Consumer.perform_seek``)
+    sought: Mapping[Any, int] = {}
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -124,6 +131,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 await consumer.seek_to_end(*uncommitted)
             else:
                 await consumer.seek_to_beginning(*uncommitted)
+        sought = {tp: offset for tp, offset in committed.items()
+                  if tp.topic not in changelogs and offset is not None and offset >= 0}
+        for tp in uncommitted:
+            sought[tp] = await consumer.position(tp)
+        self.sought = sought
         return committed
 
 
@@ -174,18 +186,47 @@ class _Consumer(faust_aiokafka.Consumer):
             start = self.__dict__["_clsmon_start"] = {}
         return start
 
+    #: True from a rebalance until its seek: stream records fetched meanwhile are not delivered
+    #: (the seek reads them again from the commit). On the first assignment Faust's flow is
+    #: already on and it delivered from wherever aiokafka started while the seek was under way.
+    seeking: bool = True
+
+    async def threadsafe_partitions_revoked(self, receiver_loop: Any, revoked: Any) -> None:
+        self.seeking = True  # set from the consumer's thread at once (a bool: atomic)
+        await super().threadsafe_partitions_revoked(receiver_loop, revoked)
+
+    async def threadsafe_partitions_assigned(self, receiver_loop: Any, assigned: Any,
+                                             generation_id: int = 0) -> None:
+        self.seeking = True
+        await super().threadsafe_partitions_assigned(receiver_loop, assigned, generation_id)
+
     async def perform_seek(self) -> None:
+        self.seeking = True
+        dropped = self._dropped_while_seeking()
+        dropped.clear()
         await super().perform_seek()
-        # where every stream partition will be read from now (its commit, or the start)
-        changelogs = self.app.tables.changelog_topics
+        self.seeking = False
+        # where the seek put every stream partition (its commit, or the start). Not the live
+        # position: on the first assignment the flow is already on and the consumer may have
+        # fetched past it by now; what it delivers from there is checked against this.
+        sought = self._thread.sought
         expect, start = self._expect(), self._start()
         expect.clear()
         start.clear()
-        for tp in self.assignment():
-            if tp.topic not in changelogs:
-                position = self._thread.fetch_position(tp)
-                if position is not None:
-                    expect[tp] = start[tp] = position
+        expect.update(sought)
+        start.update(sought)
+        # records dropped while the seek was under way may have been fetched after it: nothing
+        # of those partitions was delivered since, so seeking them again is exact
+        for tp in list(dropped):
+            if tp in sought:
+                await self.seek(tp, sought[tp])
+        dropped.clear()
+
+    def _dropped_while_seeking(self) -> set[Any]:
+        dropped: set[Any] | None = self.__dict__.get("_clsmon_dropped")
+        if dropped is None:
+            dropped = self.__dict__["_clsmon_dropped"] = set()
+        return dropped
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: one past the run of acknowledged offsets that
@@ -236,6 +277,7 @@ class _Consumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         changelogs = self.app.tables.changelog_topics
         expect = self._expect()
+        dropped = self._dropped_while_seeking()
         retried: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_clsmon_retried", {})
         num_since_yield = 0
         try:
@@ -256,6 +298,9 @@ class _Consumer(faust_aiokafka.Consumer):
                             if r_offset is not None and offset < r_offset:
                                 continue
                         else:
+                            if self.seeking:
+                                dropped.add(tp)
+                                continue
                             if tp in rewinding:
                                 continue
                             wanted = expect.get(tp)
@@ -361,6 +406,7 @@ class StallGuard:
         self._since: dict[Any, tuple[int, int, float]] = {}  # tp -> (next, position, first seen)
         self._held: dict[Any, tuple[int, float]] = {}  # tp -> (next expected, held since)
         self._stuck: dict[Any, tuple[int, float]] = {}  # tp -> (commit, first seen stuck)
+        self._seeking_since = 0.0
 
     def seen(self, tp: Any, offset: int) -> None:
         """The agent received this message (hot path: one dict write)."""
@@ -438,12 +484,23 @@ class StallGuard:
             self._stuck.clear()
             return {}
         app_consumer = app.consumer
+        now = time.monotonic()
+        if getattr(app_consumer, "seeking", False):
+            # a rebalance is over but its seek never came (it failed, or timed out): the stream
+            # partitions would stay undelivered, so seek them ourselves
+            self._seeking_since = self._seeking_since or now
+            if now - self._seeking_since >= self.after_s:
+                log.warning("no seek after the last rebalance; seeking to the commits")
+                self._seeking_since = 0.0
+                await app_consumer.perform_seek()
+            return {}
+        self._seeking_since = 0.0
         tps = [tp for tp in app_consumer.assignment() if tp.topic in self.topics]
         positions = {tp: await app_consumer.position(tp) for tp in tps}
         committed = {tp: app_consumer._committed_offset.get(tp) for tp in tps}
         agent = app.agents[agent_name]
         buffer_empty = all(actor.stream.channel.queue.empty() for actor in agent._actors)
-        overdue = self.overdue(positions, committed, buffer_empty, time.monotonic(), idle)
+        overdue = self.overdue(positions, committed, buffer_empty, now, idle)
         for tp, offset in overdue.items():
             log.warning("%s[%s]: fetched to %s, the agent got messages up to %s, committed %s; "
                         "re-reading from %s", tp.topic, tp.partition, positions[tp],

@@ -194,6 +194,13 @@ class Detector:
         persist the state changed since the last tick."""
         self._release(partition, now)
         self._persist(partition)
+        merge = self._merges.get(partition)
+        if merge is not None and len(merge):
+            # messages of this partition are still held (a silent topic's grace, or one whose
+            # fetched messages are on their way): the rest of a panel may be among them, so no
+            # patient of it counts as quiet yet
+            self.refresh_gauges()
+            return
         quiet = [pid for pid in self._pending.get(partition, ())
                  if now - self._last_active.get(pid, 0.0) >= self.cfg.flush_idle_s]
         for pid in quiet:

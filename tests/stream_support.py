@@ -93,10 +93,10 @@ class WorkerProcess:
         if not self._log.closed:
             self._log.flush()
         lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
-                 if ln.startswith(FINAL_COUNTS)]
+                 if FINAL_COUNTS in ln]  # Faust's terminal codes may come first on the line
         if not lines:
             return None
-        counts = json.loads(lines[-1][len(FINAL_COUNTS):])
+        counts = json.loads(lines[-1].split(FINAL_COUNTS, 1)[1])
         text = "".join(f"{name} {value}\n" for name, value in counts.items())
         return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in text_string_to_metric_families(text) for sample in family.samples}

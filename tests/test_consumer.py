@@ -119,7 +119,89 @@ def test_with_the_flow_already_suspended_faust_decides_as_before(faust_consumer:
     assert result.results == [True]  # the suspension won, the delivery never finished
 
 
-# --- what is committed (5. in streams.consumer) ----------------------------------------------
+# --- delivery in offset order (3. in streams.consumer) -----------------------------------------
+
+def _drain(consumer: Any, monkeypatch: Any, batches: list[list[tuple[Any, int]]],
+           start: dict[Any, int], seeking: bool = False,
+           ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Run the consumer's real delivery loop over scripted fetches; returns what the streams
+    got and the seeks it made, as (topic, offset)."""
+    import types
+
+    delivered: list[tuple[str, int]] = []
+    seeks: list[tuple[str, int]] = []
+    fetcher = types.SimpleNamespace(_stopped=types.SimpleNamespace(is_set=lambda: not batches))
+
+    async def callback(message: Any) -> None:
+        delivered.append((message.topic, message.offset))
+
+    async def getmany(timeout: float) -> Any:
+        for tp, offset in batches.pop(0):
+            yield tp, types.SimpleNamespace(topic=tp.topic, offset=offset, tp=tp)
+
+    async def faust_seek(tp: Any, offset: int) -> None:  # the consumer thread's seek
+        seeks.append((tp.topic, offset))
+
+    monkeypatch.setattr(consumer, "callback", callback)
+    monkeypatch.setattr(consumer, "getmany", getmany)
+    monkeypatch.setattr(consumer, "_seek", faust_seek)
+    consumer._expect().update(start)
+    consumer.seeking = seeking
+    _run(consumer, consumer._drain_messages(fetcher))
+    return delivered, seeks
+
+
+def test_a_jump_in_offsets_is_read_again_from_the_first_missing_message(
+        faust_consumer: Any, monkeypatch: Any) -> None:
+    """5, 6, then 9: 7 and 8 were skipped (e.g. a batch fetched across a rebalance's seek). The
+    rest of the batch waits; the partition is read again from 7, and 9 is not delivered twice."""
+    v = TP("vitals", 0)
+    delivered, seeks = _drain(faust_consumer, monkeypatch, [
+        [(v, 5), (v, 6), (v, 9), (v, 10)],
+        [(v, 7), (v, 8), (v, 9), (v, 10), (v, 11)],
+    ], start={v: 5})
+    assert seeks == [("vitals", 7)]
+    assert delivered == [("vitals", o) for o in (5, 6, 7, 8, 9, 10, 11)]
+    assert faust_consumer.holes == 1
+
+
+def test_a_batch_from_before_a_seek_is_not_delivered_ahead_of_the_commit(
+        faust_consumer: Any, monkeypatch: Any) -> None:
+    """The rebalance sought back to the commit (40) while a batch from the old position (70..)
+    was on its way; the old batch must not be delivered first, nor its offsets marked read."""
+    v, labs = TP("vitals", 0), TP("labs", 0)
+    delivered, seeks = _drain(faust_consumer, monkeypatch, [
+        [(v, 70), (v, 71), (labs, 3)],
+        [(v, 40), (v, 41)],
+    ], start={v: 40, labs: 3})
+    assert seeks == [("vitals", 40)]
+    assert delivered == [("labs", 3), ("vitals", 40), ("vitals", 41)]
+
+
+def test_offsets_already_delivered_are_dropped_and_changelogs_pass_as_in_faust(
+        faust_consumer: Any, monkeypatch: Any) -> None:
+    v, changelog = TP("vitals", 0), TP("consumer-test-state-changelog", 0)
+    delivered, seeks = _drain(faust_consumer, monkeypatch, [
+        [(v, 3), (v, 4), (changelog, 10), (changelog, 12)],  # compacted: 11 is gone
+        [(v, 4), (v, 5)],  # a re-read that overlaps
+    ], start={v: 3})
+    assert seeks == []
+    assert delivered == [("vitals", 3), ("vitals", 4), ("consumer-test-state-changelog", 10),
+                         ("consumer-test-state-changelog", 12), ("vitals", 5)]
+
+
+def test_between_an_assignment_and_its_seek_only_table_recovery_gets_messages(
+        faust_consumer: Any, monkeypatch: Any) -> None:
+    """On the first assignment Faust's flow is already on: what the consumer fetched from where
+    aiokafka started must wait for the seek to the commits, or it races with it."""
+    v, changelog = TP("vitals", 0), TP("consumer-test-state-changelog", 0)
+    delivered, seeks = _drain(faust_consumer, monkeypatch, [
+        [(v, 3), (changelog, 0), (v, 4)],
+    ], start={}, seeking=True)
+    assert delivered == [("consumer-test-state-changelog", 0)] and seeks == []
+
+
+# --- what is committed (4. in streams.consumer) ----------------------------------------------
 
 def _acknowledge(consumer: Any, tp: Any, offsets: list[int]) -> None:
     for offset in offsets:

@@ -42,15 +42,12 @@ from streams.topics import TopicNames, ensure_topics
 
 pytestmark = pytest.mark.broker
 
-#: These tests found (issue 7) that after a rebalance or a restart a worker could stop consuming a
-#: partition for good: Faust drops messages it has fetched when a rebalance interrupts it and
-#: relies on a seek to the committed offset that aiokafka skips when there is none. Fixed in
-#: streams.consumer (the seek, and StallGuard): Stalled is a plain failure now.
-#: Still open: some drops happen after the seek, and the guard re-reads them ~5 s later. Here the
-#: input is a 72-hour backlog read at ~5,000 messages/s, so 5 s of wall time is hours of event
-#: time: the re-read labs reach the engine hours late, and now and then that changes an alert
-#: (seen in about 1 full-suite run in 4 on a busy machine). That one outcome, Diverged, is
-#: an expected failure (non-strict); every other assertion, Stalled included, is strict.
+#: These tests found (issue 7) that after a rebalance, a restart or a stop a worker could stop
+#: consuming a partition for good, lose messages it had not processed (committed anyway), or
+#: process re-read messages late and change an alert. The causes were in Faust's consumer (a seek
+#: aiokafka skips without a commit, batches fetched across a seek, an off-by-one in what it
+#: commits, delivery before the seek on a first assignment); each is corrected and unit-tested in
+#: streams.consumer. Every assertion here is strict; the two exception types name the outcomes.
 
 
 class Stalled(AssertionError):
@@ -61,9 +58,6 @@ class Diverged(AssertionError):
     """The stream's alert ids differ from the replay's after a rebalance."""
 
 
-_LATE_REREAD = pytest.mark.xfail(
-    strict=False, raises=Diverged,
-    reason="a message Faust drops after a rebalance is re-read hours late in event time (issue 7)")
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -206,7 +200,6 @@ def _state_loss_changes_alerts(messages: list[Outgoing], names: TopicNames, at: 
 
 # --- a) rebalance: two workers, one stopped and restarted, then the other killed ----------------
 
-@_LATE_REREAD
 def test_rebalance_and_kill_lose_nothing_and_alert_like_the_replay(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     names = TopicNames(fresh_prefix())
