@@ -11,6 +11,7 @@ import pytest
 
 from detectors.config import DEFAULT_THRESHOLDS
 from streams import codec
+from streams import worker as streams_worker
 from streams.cli import build_parser
 from streams.metrics import Metrics
 from streams.ordering import PartitionMerge
@@ -180,3 +181,33 @@ def test_the_ordering_buffer_gauge_follows_the_buffer_through_a_revoke() -> None
     assert gauge("clsmon_ordering_buffer_messages") == 1  # held for the silent sources
     det.on_revoked()  # the partition moves: its buffer is dropped (it will be redelivered)
     assert gauge("clsmon_ordering_buffer_messages") == 0
+
+
+def test_a_lab_panel_is_not_flushed_while_its_partition_holds_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patient counts as quiet (its pending panel decided without the rest) only when nothing
+    of its partition waits in the ordering merge: the rest of the panel may be there, or on its
+    way (fetched, not yet received)."""
+    flushed: list[str] = []
+    real_flush = streams_worker.flush
+
+    def recording_flush(state: Any, th: Any) -> Any:
+        flushed.append(state.patient_id)
+        return real_flush(state, th)
+
+    monkeypatch.setattr(streams_worker, "flush", recording_flush)
+    t0 = 1_800_000_000.0
+    lab = json.dumps({"patient_id": "bed1", "kind": "hematocrit", "value": 55, "unit": "%",
+                      "observed_at": "2026-11-25T04:00:00Z"}).encode()
+    for vital_held in (True, False):
+        det, *_ = _detector()
+        det.in_flight = lambda topic, partition: topic == "u.labs"  # labs fetched, not here
+        det.on_event(_Event(_Msg("u.labs", offset=0, timestamp=t0), b"bed1", lab), now=t0 + 1)
+        assert det._pending.get(0) == {"bed1"}  # the hematocrit waits for the rest of its panel
+        if vital_held:
+            det.on_event(_Event(_Msg("u.vitals", offset=0, timestamp=t0 + 1), b"bed1", _obs()),
+                         now=t0 + 1.1)
+            assert len(det._merges[0]) == 1  # held behind the labs on their way
+        flushed.clear()
+        det.on_tick(0, now=t0 + 10)  # the patient has been quiet for long
+        assert flushed == ([] if vital_held else ["bed1"])
