@@ -31,8 +31,9 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    rebalance and SIGTERM tests (issue 7). Our ``_drain_messages`` delivers a stream
    partition's messages only in contiguous offset order (from the offset every seek sets): on a
    jump it seeks the partition back to the first missing offset and drops the rest of that
-   batch. Our input topics are not compacted and carry no transaction markers, so their offsets
-   are contiguous (a hole that is there again after the re-read is let through, with a warning).
+   batch. Our input topics are not compacted, so their offsets are contiguous unless a producer
+   writes transactions (its commit markers take offsets): a hole that is there again after the
+   re-read is let through, which costs one extra fetch per marker.
    Related: on a FIRST assignment Faust's flow is already on, so it delivered from wherever
    aiokafka started while the seek to the commits was under way, and its commits raced with
    that seek. Between a rebalance and its seek (``seeking``) stream records are not delivered;
@@ -165,14 +166,14 @@ class _Continue:
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    #: batches (of one partition) dropped because they did not start where the last one ended
+    #: jumps in a stream partition's offsets, read again from the first missing one
     holes: int = 0
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _expect(self) -> dict[Any, int]:
-        """Per stream partition, the offset the next batch must start at (3. in the doc)."""
+        """Per stream partition, the next offset to deliver (3. in the module doc)."""
         expect: dict[Any, int] | None = self.__dict__.get("_clsmon_expect")
         if expect is None:
             expect = self.__dict__["_clsmon_expect"] = {}
@@ -316,9 +317,10 @@ class _Consumer(faust_aiokafka.Consumer):
                                     rewinding.add(tp)
                                     await self.seek(tp, wanted)
                                     continue
-                                # read again, same hole: the log has no such offsets
-                                log.warning("%s[%s]: offsets %s..%s do not exist; going on",
-                                            tp.topic, tp.partition, wanted, offset - 1)
+                                # read again, same hole: the log has no such offsets (e.g. the
+                                # markers of a transactional producer, or a compacted topic)
+                                log.info("%s[%s]: offsets %s..%s do not exist; going on",
+                                         tp.topic, tp.partition, wanted, offset - 1)
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
