@@ -99,6 +99,20 @@ def _metadata_error(bootstrap: str, timeout_s: float) -> str | None:
     return None if cluster.get("brokers") else f"no brokers in metadata: {cluster!r}"
 
 
+def _die_with_parent() -> None:
+    """In the broker's child process before exec: on Linux, have the kernel send it SIGTERM
+    when the process that started it dies, even by SIGKILL, so that no orphaned broker keeps
+    its port and memory (seen after killed test runs). Tied to the starting thread: start the
+    broker from a thread that lives as long as it should (the main thread does)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the broker outlives a killed parent
+        pass
+
+
 class EmbeddedBroker:
     """A Tansu broker on a loopback port, run as a child process.
 
@@ -199,6 +213,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, not it
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self._close_log()

@@ -99,3 +99,47 @@ def test_embedded_broker_lifecycle_and_busy_port() -> None:
             EmbeddedBroker(broker.port).start()
     assert not broker.is_running()
     broker.stop()  # idempotent
+
+
+def test_the_embedded_broker_dies_with_a_killed_parent() -> None:
+    """A test run or a demo killed with SIGKILL must not leave a broker running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from streams.broker import EmbeddedBroker\n"
+         "b = EmbeddedBroker().start()\n"
+         "print(b._proc.pid, flush=True)\n"
+         "time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline() if parent.stdout else ""
+        assert line.strip().isdigit(), f"the child did not start a broker: {line!r}"
+        broker_pid = int(line)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(broker_pid, 0)
+            except ProcessLookupError:
+                return  # gone
+            if _is_zombie(broker_pid):
+                return  # exited, waiting to be reaped by init
+            time.sleep(0.1)
+        os.kill(broker_pid, signal.SIGKILL)
+        raise AssertionError("the broker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
