@@ -21,7 +21,8 @@ ahead of the state it produced. Alerts are not delayed by this: they are sent at
 from the stream. The worker therefore sends itself a tick every ``tick_s`` for each partition it
 holds that has work waiting (``Detector.has_work``); a tick
 releases messages the ordering buffer held for a silent source, and takes the decision a lab panel
-is waiting for (``detectors.phases.flush``) once its patient has been quiet for ``flush_idle_s``.
+is waiting for (``detectors.phases.flush``) once its patient has been quiet for ``flush_idle_s``
+and nothing of its partition is held in the ordering buffer (the rest of the panel may be there).
 """
 
 from __future__ import annotations

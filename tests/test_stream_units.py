@@ -13,7 +13,7 @@ from detectors.config import DEFAULT_THRESHOLDS
 from streams import codec
 from streams import worker as streams_worker
 from streams.cli import build_parser
-from streams.metrics import Metrics
+from streams.metrics import Metrics, final_counts
 from streams.ordering import PartitionMerge
 from streams.worker import Detector, WorkerConfig
 
@@ -211,3 +211,13 @@ def test_a_lab_panel_is_not_flushed_while_its_partition_holds_messages(
         flushed.clear()
         det.on_tick(0, now=t0 + 10)  # the patient has been quiet for long
         assert flushed == ([] if vital_held else ["bed1"])
+
+
+def test_the_final_counts_line_carries_every_counter_with_its_labels() -> None:
+    metrics = Metrics()
+    metrics.observations.labels("sbp", "accepted").inc(3)
+    metrics.dead_letters.labels("malformed_json").inc()
+    counts = final_counts(metrics.registry)
+    assert counts['clsmon_observations_total{kind="sbp",outcome="accepted"}'] == 3
+    assert counts['clsmon_dead_letters_total{reason="malformed_json"}'] == 1
+    assert not any("latency" in name or "buffer" in name for name in counts)  # counters only
