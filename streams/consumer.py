@@ -82,7 +82,8 @@ FAUST_FETCH_WAIT_MS = 1500
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: int = FAUST_FETCH_WAIT_MS
-    #: where the last seek put each stream partition (read by ``_Consumer.perform_seek``)
+    #: where the last seek put each stream partition: the first offset to deliver, and the
+    #: commit floor before the first commit (read by ``_Consumer``)
     sought: Mapping[Any, int] = {}
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
@@ -169,23 +170,17 @@ class _Consumer(faust_aiokafka.Consumer):
     #: jumps in a stream partition's offsets, read again from the first missing one
     holes: int = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: per stream partition, the next offset to deliver (3. in the module doc)
+        self._expect: dict[Any, int] = {}
+        #: stream partitions whose records were dropped while a seek was under way
+        self._dropped_while_seeking: set[Any] = set()
+        #: per partition, the last hole read again: (expected, got); the same one twice is real
+        self._retried: dict[Any, tuple[int, int]] = {}
+        super().__init__(*args, **kwargs)
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    def _expect(self) -> dict[Any, int]:
-        """Per stream partition, the next offset to deliver (3. in the module doc)."""
-        expect: dict[Any, int] | None = self.__dict__.get("_clsmon_expect")
-        if expect is None:
-            expect = self.__dict__["_clsmon_expect"] = {}
-        return expect
-
-    def _start(self) -> dict[Any, int]:
-        """Per stream partition, where reading began at the last seek (the commit floor while
-        nothing has been committed yet; 4. in the module doc)."""
-        start: dict[Any, int] | None = self.__dict__.get("_clsmon_start")
-        if start is None:
-            start = self.__dict__["_clsmon_start"] = {}
-        return start
 
     #: True from a rebalance until its seek: stream records fetched meanwhile are not delivered
     #: (the seek reads them again from the commit). On the first assignment Faust's flow is
@@ -203,7 +198,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         self.seeking = True
-        dropped = self._dropped_while_seeking()
+        dropped = self._dropped_while_seeking
         dropped.clear()
         await super().perform_seek()
         self.seeking = False
@@ -211,23 +206,14 @@ class _Consumer(faust_aiokafka.Consumer):
         # position: on the first assignment the flow is already on and the consumer may have
         # fetched past it by now; what it delivers from there is checked against this.
         sought = self._thread.sought
-        expect, start = self._expect(), self._start()
-        expect.clear()
-        start.clear()
-        expect.update(sought)
-        start.update(sought)
+        self._expect.clear()
+        self._expect.update(sought)
         # records dropped while the seek was under way may have been fetched after it: nothing
         # of those partitions was delivered since, so seeking them again is exact
         for tp in list(dropped):
             if tp in sought:
                 await self.seek(tp, sought[tp])
         dropped.clear()
-
-    def _dropped_while_seeking(self) -> set[Any]:
-        dropped: set[Any] | None = self.__dict__.get("_clsmon_dropped")
-        if dropped is None:
-            dropped = self.__dict__["_clsmon_dropped"] = set()
-        return dropped
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: one past the run of acknowledged offsets that
@@ -236,7 +222,8 @@ class _Consumer(faust_aiokafka.Consumer):
         if not acked:
             return None
         committed = self._committed_offset[tp]
-        head = committed if committed is not None else self._start().get(tp)
+        # before the first commit: where the last seek began reading (4. in the module doc)
+        head = committed if committed is not None else self._thread.sought.get(tp)
         if head is None:
             return None  # never sought (not a stream partition of ours): commit nothing
         acked.sort()
@@ -254,7 +241,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def seek(self, partition: Any, offset: int) -> None:
         await super().seek(partition, offset)
-        self._expect()[partition] = offset
+        self._expect[partition] = offset
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's loop that hands fetched messages to the streams, with one change: a stream
@@ -277,9 +264,9 @@ class _Consumer(faust_aiokafka.Consumer):
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         commit_every = self._commit_every
         changelogs = self.app.tables.changelog_topics
-        expect = self._expect()
-        dropped = self._dropped_while_seeking()
-        retried: dict[Any, tuple[int, int]] = self.__dict__.setdefault("_clsmon_retried", {})
+        expect = self._expect
+        dropped = self._dropped_while_seeking
+        retried = self._retried
         num_since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):

@@ -145,7 +145,7 @@ def _drain(consumer: Any, monkeypatch: Any, batches: list[list[tuple[Any, int]]]
     monkeypatch.setattr(consumer, "callback", callback)
     monkeypatch.setattr(consumer, "getmany", getmany)
     monkeypatch.setattr(consumer, "_seek", faust_seek)
-    consumer._expect().update(start)
+    consumer._expect.update(start)
     consumer.seeking = seeking
     _run(consumer, consumer._drain_messages(fetcher))
     return delivered, seeks
@@ -214,7 +214,7 @@ def test_nothing_is_committed_past_a_message_still_held_before_the_first_commit(
     """Reading began at 100; 101 and 102 (dead letters) are acknowledged at once while 100 waits
     in the ordering merge. Faust committed 103 here, and a stop then lost 100."""
     tp = TP("vitals", 0)
-    faust_consumer._start()[tp] = 100
+    faust_consumer._thread.sought = {tp: 100}  # reading began at 100, nothing committed
     _acknowledge(faust_consumer, tp, [102, 101])
     assert faust_consumer._new_offset(tp) is None
     _acknowledge(faust_consumer, tp, [100])
