@@ -5,10 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench bench-stream bench-load bench-soak clean help
+.PHONY: install test lint typecheck demo bench bench-stream bench-load bench-soak clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ install: $(STAMP)  ## create .venv and install clsmon with its dev extras
 lint: $(STAMP)  ## ruff over the code
 	$(BIN)/ruff check detectors streams tests bench
 
-test: $(STAMP)  ## lint, then every test (the integration tests start their own broker)
+typecheck: $(STAMP)  ## mypy: strict on detectors/, default strictness on streams/
+	$(BIN)/mypy
+
+test: $(STAMP)  ## lint, type check, then every test (the integration tests start their own broker)
 	$(BIN)/ruff check detectors streams tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 demo: $(STAMP)  ## embedded broker + worker + simulated patients; alerts on screen, metrics on :6066

@@ -42,9 +42,10 @@ from stream_bench import _metrics, _quantile, _total  # noqa: E402
 
 from detectors.observation import format_time  # noqa: E402
 from streams import codec  # noqa: E402
-from streams.broker import EmbeddedBroker, free_port  # noqa: E402
-from streams.publish import Publisher  # noqa: E402
-from streams.topics import TopicNames, ensure_topics  # noqa: E402
+from streams.kafka.local import free_port  # noqa: E402
+from streams.kafka.tansu import EmbeddedBroker  # noqa: E402
+from streams.kafka.topics import TopicNames, ensure_topics  # noqa: E402
+from streams.offline.publish import Publisher  # noqa: E402
 
 START_MS = 1_790_000_000_000
 MIN_MS = 60_000

@@ -37,7 +37,7 @@ def build_file(rows: int, path: Path) -> Path:
     """A cohort with 1-minute vitals, cut to ``rows`` rows (arrival order kept)."""
     import pandas as pd
 
-    from streams.simulator import cohort
+    from streams.offline.simulator import cohort
 
     per_patient_week = 7 * 24 * 60 * 3 + 1100  # vitals + labs/weights/urine, roughly
     n_patients = max(1, rows // per_patient_week + 1)
@@ -79,7 +79,7 @@ def time_cli(path: Path, runs: int) -> list[float]:
 def engine_only(path: Path) -> tuple[float, list[int], int]:
     """Observations/s of normalise-free stepping, and the state sizes at the end."""
     from detectors.phases import step
-    from streams import replay as rp
+    from streams.offline import replay as rp
 
     df = rp.read_observations(path)
     norm, ok = rp.validate(df)

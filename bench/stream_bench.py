@@ -38,16 +38,17 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from streams.broker import EmbeddedBroker, free_port  # noqa: E402
-from streams.publish import Publisher, cohort_messages  # noqa: E402
-from streams.simulator import cohort  # noqa: E402
-from streams.topics import TopicNames, ensure_topics  # noqa: E402
+from streams.kafka.local import free_port  # noqa: E402
+from streams.kafka.tansu import EmbeddedBroker  # noqa: E402
+from streams.kafka.topics import TopicNames, ensure_topics  # noqa: E402
+from streams.offline.publish import Publisher, cohort_messages  # noqa: E402
+from streams.offline.simulator import cohort  # noqa: E402
 
 TRIVIAL_AGENT = '''
 import sys, time, faust
 sys.path.insert(0, {root!r})
-from streams import consumer
-from streams.worker import WorkerConfig, faust_settings
+from streams.kafka import consumer
+from streams.worker.config import WorkerConfig, faust_settings
 broker, prefix, out, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = WorkerConfig(broker=broker, topic_prefix=prefix, producer_max_batch_size=0)
 app = faust.App(prefix + "trivial", broker=broker, **faust_settings(cfg, {tmp!r}))

@@ -1,6 +1,6 @@
-"""Alerts and their evidence, in the event contract's shape (shared/design.md, Alert).
+"""Alerts and their evidence, in the event contract's shape (docs/contract.md, Alert).
 
-An alert is advisory (IHE ACM advisory class, clinical-criteria.md "What good looks like"): it
+An alert is advisory (IHE ACM advisory class, docs/clinical-criteria.md "What good looks like"): it
 tells a clinician which phase the patient entered and shows the numbers behind it, so the person
 at the bedside can check the decision instead of trusting it.
 

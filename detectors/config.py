@@ -1,6 +1,6 @@
 """Every clinical threshold in one typed, frozen object, with its source.
 
-Defaults come from ``shared/clinical-criteria.md``: [Q] marks a number stated by the cited source,
+Defaults come from ``docs/clinical-criteria.md``: [Q] marks a number stated by the cited source,
 [D] a design default with its reason. No unified CLS definition exists (Wollborn 2021), so every
 number here can be overridden from a TOML file (``--thresholds FILE`` / ``CLSMON_THRESHOLDS``)
 without touching code; unknown keys are refused so a typo never silently keeps a default.

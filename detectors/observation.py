@@ -42,7 +42,7 @@ class Rejection(NamedTuple):
 
 
 class PatientContext(NamedTuple):
-    """Admission/ADT facts that change how criteria apply (design.md, PatientContext)."""
+    """Admission/ADT facts that change how criteria apply (docs/contract.md, PatientContext)."""
 
     patient_id: str
     event: str = "admit"  # admit | update | discharge

@@ -14,7 +14,7 @@ high); more evidence escalates it once (leak -> critical when hypoalbuminemia co
 or two supportive signs join; recovery -> high when polyuria meets a weight still >= 5 % over
 baseline: the fluid-overload warning). Closing an episode (back to none) is an info alert.
 
-Exclusions [D] (clinical-criteria.md: the triad counts "after other causes are excluded"):
+Exclusions [D] (docs/clinical-criteria.md: the triad counts "after other causes are excluded"):
 - dehydration: hypotension and hemoconcentration with weight falling >= 2 % in 48 h or albumin
   concentrated (>= 0.5 g/dL over baseline, or > 4.5 g/dL) is volume loss, not a leak;
 - fluids: a weight gain that follows a shock (persistent hypotension in the 48 h before) or comes
@@ -155,7 +155,7 @@ def _on_pressure(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome
         dbp = st.last.get("dbp")
         if dbp is not None and dbp[0] == t and value <= dbp[1]:
             return Rejection("inconsistent", f"SBP {value:g} not above DBP {dbp[1]:g} mmHg at the "
-                             "same time (clinical-criteria.md: SBP must exceed DBP): artefact")
+                             "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
         b = st.bl.get("sbp")
         window = th.baseline_vitals_h * HOUR_MS
         # a hypotensive reading is never a baseline
@@ -198,7 +198,7 @@ def _on_dbp(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
     sbp = st.last.get("sbp")
     if sbp is not None and sbp[0] == obs.observed_at_ms and sbp[1] <= obs.value:
         return Rejection("inconsistent", f"DBP {obs.value:g} not below SBP {sbp[1]:g} mmHg at the "
-                         "same time (clinical-criteria.md: SBP must exceed DBP): artefact")
+                         "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
     _remember_latest(st, "dbp", obs.observed_at_ms, obs.value)
     return False, "accepted"
 
@@ -243,7 +243,7 @@ def _on_urine(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
         if obs.value / hours > 2000.0:
             return Rejection("out_of_range", f"urine_output {obs.value:g} mL since the previous "
                              f"collection ({hours:.2g} h) exceeds 2000 mL/h "
-                             "(clinical-criteria.md): artefact")
+                             "(docs/clinical-criteria.md): artefact")
     else:
         st.uo_end = max(st.uo_end, end)  # first collection with no period: marks the start
         return False, "accepted"

@@ -1,10 +1,10 @@
 """Observation kinds, their canonical units, unit conversions and physiological ranges.
 
 One table for the whole project: the stream ingest, the offline replay and the simulator all read
-it. Canonical units follow the event contract in ``shared/design.md``; the accepted spellings are
-the UCUM codes named in ``clinical-criteria.md`` ("Standard codes") plus the spellings bedside
+it. Canonical units follow the event contract in ``docs/contract.md``; the accepted spellings are
+the UCUM codes named in ``docs/clinical-criteria.md`` ("Standard codes") plus the spellings bedside
 devices and lab systems commonly send. Ranges are the "physiologically possible ranges" of
-``clinical-criteria.md``: a value outside them is an artefact (a line flush reading 0 mmHg, a
+``docs/clinical-criteria.md``: a value outside them is an artefact (a line flush reading 0 mmHg, a
 unit mix-up), never a patient state, and is rejected before it reaches a detector.
 """
 
@@ -38,7 +38,7 @@ _SAME = _scale(1.0)
 _MMHG_PER_KPA = 7.500617  # 1 kPa = 7.500617 mmHg (definition of the torr)
 _KG_PER_LB = 0.45359237  # international avoirdupois pound, exact
 _HB_GDL_PER_MMOLL = 1.611  # haemoglobin monomer 16.11 g/mmol -> g/dL
-_CRITERIA = "clinical-criteria.md, physiologically possible ranges"
+_CRITERIA = "docs/clinical-criteria.md, physiologically possible ranges"
 _DESIGN = "[D] wide human-survival bounds; not in the criteria table"
 
 _PRESSURE_UNITS = {"mm[hg]": _SAME, "mmhg": _SAME, "kpa": _scale(_MMHG_PER_KPA)}
@@ -84,7 +84,7 @@ KINDS: dict[str, KindSpec] = {
 }
 
 #: Aliases for kind names as lab systems and monitors send them (LOINC codes from
-#: clinical-criteria.md "Standard codes"), all mapped onto the contract's names.
+#: docs/clinical-criteria.md "Standard codes"), all mapped onto the contract's names.
 KIND_ALIASES: dict[str, str] = {
     "29463-7": "weight", "body_weight": "weight",
     "8480-6": "sbp", "systolic": "sbp", "nibp_sys": "sbp", "abp_sys": "sbp",
@@ -100,7 +100,7 @@ KIND_ALIASES: dict[str, str] = {
     "59408-5": "spo2", "2708-6": "spo2",
 }
 
-#: Upper bound of a plausible urine flow (clinical-criteria.md: 0-2000 mL per hour).
+#: Upper bound of a plausible urine flow (docs/clinical-criteria.md: 0-2000 mL per hour).
 URINE_MAX_ML_PER_H = 2000.0
 
 

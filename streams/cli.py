@@ -11,19 +11,28 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, overload
 
 from detectors.config import ThresholdsError, load_thresholds
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from streams.replay import ReplayResult
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
 
+def version() -> str:
+    """The installed distribution's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("clsmon")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+@overload
+def _env(name: str) -> str | None: ...
+@overload
+def _env(name: str, default: str) -> str: ...
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
@@ -31,113 +40,34 @@ def _env(name: str, default: str | None = None) -> str | None:
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", metavar="FILE", default=_env("CLSMON_THRESHOLDS"),
                    help="TOML file overriding clinical thresholds (env CLSMON_THRESHOLDS; "
-                        "default: the values of clinical-criteria.md)")
+                        "default: the values of docs/clinical-criteria.md)")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from streams import replay as rp
+    from streams.offline.replay import run_replay
 
-    th = load_thresholds(args.thresholds)
-    df = rp.read_observations(args.observations)
-    contexts = rp.read_contexts(args.patients) if args.patients else None
-    progress = None if args.quiet else rp.Progress()
-    result = rp.replay_frame(df, contexts, th, sort=args.sort, progress=progress)
-    if args.out:
-        rp.write_alerts(result.alerts, args.out)
-    if args.rejects:
-        rp.write_rejects(result.rejects, args.rejects)
-    if args.plots:
-        written = _timelines(result, args.plots, contexts)
-    if not args.quiet:
-        for line in rp.summary_lines(result):
-            print(line)
-        if args.out:
-            print(f"alerts written to {args.out}")
-        if args.rejects:
-            print(f"rejected rows written to {args.rejects}")
-        if args.plots:
-            print(f"{written} timeline plots written to {args.plots}")
-    return 0
-
-
-def _timelines(result: ReplayResult, out_dir: str, contexts: list[dict[str, Any]] | None,
-               truth: pd.DataFrame | None = None) -> int:
-    """One PNG per alerted patient (observations, alerts, and true phases when known)."""
-    from streams.plots import plot_patient
-
-    canon = result.canonical
-    assert canon is not None  # replay_frame always sets it
-    by_patient: dict[str, list[dict[str, Any]]] = {}
-    for a in result.alerts:
-        by_patient.setdefault(a.patient_id, []).append(a.to_dict())
-    weights = {str(c.get("patient_id")): c.get("weight_kg") for c in contexts or []}
-    for pid, alerts in by_patient.items():
-        intervals = [] if truth is None else truth[truth["patient_id"] == pid].to_dict("records")
-        weight = weights.get(pid)
-        plot_patient(pid, canon[canon["patient_id"] == pid], alerts,
-                     Path(out_dir) / f"{pid}.png", intervals,
-                     float(weight) if weight not in (None, "") else None)
-    return len(by_patient)
+    return run_replay(args.observations, patients=args.patients, out=args.out,
+                      rejects=args.rejects, sort=args.sort, plots=args.plots,
+                      thresholds=load_thresholds(args.thresholds), quiet=args.quiet)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from streams import evaluate as ev
-    from streams import replay as rp
+    from streams.offline.evaluate import run_evaluate
 
-    th = load_thresholds(args.thresholds)
-    truth = ev.read_truth(args.truth)
-    df = rp.read_observations(args.observations)
-    contexts = rp.read_contexts(args.patients) if args.patients else None
-    scored, result, _ = ev.evaluate(df, truth, contexts, th)
-    path = ev.write_report(scored, args.report)
-    if args.plots:
-        _timelines(result, str(Path(args.report) / "timelines"), contexts, truth)
-    s = scored.summary
-    print(f"patients {s['patients']}, leak episodes {s['leak_episodes']}, "
-          f"alerts {s['alerts']}")
-    print(f"leak sensitivity {(s['leak_sensitivity'] or 0):.1%}   prodrome "
-          f"{(s['prodrome_sensitivity'] or 0):.1%}   "
-          f"recovery {(s['recovery_sensitivity'] or 0):.1%}")
-    d = s["leak_delay_h"]
-    if d["n"]:
-        print(f"leak delay after criteria measurable: median {d['median']:.2f} h "
-              f"(IQR {d['q1']:.2f}-{d['q3']:.2f})")
-    print(f"PPV {(s['ppv'] or 0):.1%}   alerts/patient-day non-CLS "
-          f"{(s['non_cls_alerts_per_patient_day'] or 0):.4f}")
-    print(f"report: {path}")
-    return 0
+    return run_evaluate(args.observations, truth=args.truth, patients=args.patients,
+                        report=args.report, plots=args.plots,
+                        thresholds=load_thresholds(args.thresholds))
 
 
-def _cmd_simulate_to_file(args: argparse.Namespace) -> int:
+def _cohort(args: argparse.Namespace) -> list[Any]:
     import json
 
-    import pandas as pd
+    from streams.offline.simulator import cohort
 
-    from streams.simulator import cohort
-
-    mix = json.loads(args.mix) if args.mix else None
-    patients = cohort(args.patients, seed=args.seed, hours=args.hours, mix=mix,
-                      vitals_every_min=args.vitals_every_min, missing=args.missing,
-                      labs_missing=args.labs_missing)
-    out = Path(args.to)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [o for p in patients for o in p.observations]
-    frame = pd.DataFrame(rows, columns=["patient_id", "observed_at", "kind", "value", "unit",
-                                        "source", "period_min"])
-    if out.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(out, index=False)
-    else:
-        frame.to_csv(out, index=False)
-    stem = out.with_suffix("")
-    contexts = pd.DataFrame([p.context() for p in patients])[
-        ["patient_id", "sex", "weight_kg", "birth_year"]]
-    contexts.to_csv(f"{stem}.patients.csv", index=False)
-    truth = pd.DataFrame([t | {"profile": p.profile} for p in patients for t in p.truth],
-                         columns=["patient_id", "phase", "start", "end", "profile"])
-    truth.to_csv(f"{stem}.truth.csv", index=False)
-    print(f"{len(patients)} patients, {len(frame)} observations -> {out}; "
-          f"context -> {stem}.patients.csv; ground truth -> {stem}.truth.csv")
-    return 0
+    return cohort(args.patients, seed=args.seed, hours=args.hours,
+                  mix=json.loads(args.mix) if args.mix else None,
+                  vitals_every_min=args.vitals_every_min, missing=args.missing,
+                  labs_missing=args.labs_missing)
 
 
 def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
@@ -146,11 +76,11 @@ def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
 
 
 def _add_consumer_options(p: argparse.ArgumentParser) -> None:
-    """The consumer settings the worker and the notifier share (see streams/consumer.py)."""
+    """The consumer settings the worker and the notifier share (see streams/kafka/consumer.py)."""
     p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
                    help="re-read a partition whose fetched messages have not reached the agent "
                         "for this many seconds (env CLSMON_STALL_AFTER, default 5; see "
-                        "streams/consumer.py)")
+                        "streams/kafka/consumer.py)")
     p.add_argument("--session-timeout", type=float, default=6.0,
                    help="consumer group session timeout in seconds (default 6)")
 
@@ -196,8 +126,8 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def _worker_config(args: argparse.Namespace) -> Any:
-    from streams.topics import broker_url_of
-    from streams.worker import WorkerConfig
+    from streams.kafka.topics import broker_url_of
+    from streams.worker.config import WorkerConfig
 
     return WorkerConfig(
         broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
@@ -210,63 +140,28 @@ def _worker_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run
+    from streams.worker.app import run
 
     load_thresholds(args.thresholds)  # a bad file is reported before Kafka is touched
     return run(_worker_config(args))
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import run_broker_forever
+    from streams.kafka.tansu import run_broker_forever
 
     return run_broker_forever(args.port)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.to:
-        return _cmd_simulate_to_file(args)
-    from streams.publish import Publisher, cohort_messages, publish
-    from streams.simulator import cohort
-    from streams.topics import TopicNames, bootstrap_of, ensure_topics
+        from streams.offline.simulator import simulate_to_file
 
-    bootstrap = bootstrap_of(args.broker)
-    names = TopicNames(args.topic_prefix)
-    ensure_topics(bootstrap, names, args.partitions)
-    import json
+        return simulate_to_file(args.to, _cohort(args))
+    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.offline.publish import simulate_to_broker
 
-    mix = json.loads(args.mix) if args.mix else None
-    patients = cohort(args.patients, seed=args.seed, hours=args.hours, mix=mix,
-                      vitals_every_min=args.vitals_every_min, missing=args.missing,
-                      labs_missing=args.labs_missing)
-    total = len(patients) + sum(len(p.observations) for p in patients)
-    publisher = Publisher(bootstrap)
-    report = None if args.quiet else _progress_printer(total)
-    try:
-        n = publish(publisher, cohort_messages(patients, names), speed=args.speed or None,
-                    progress=report)
-    finally:
-        publisher.close()
-    if not args.quiet:
-        print(f"published {n} messages ({len(patients)} patients) to {names.prefix}*",
-              flush=True)
-    return 0
-
-
-def _progress_printer(total: int, every_s: float = 2.0) -> Callable[[int, int], None]:
-    import time
-
-    from detectors.observation import format_time
-
-    last = [0.0]
-
-    def report(done: int, arrival_ms: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every_s or done == total:
-            last[0] = now
-            sim = format_time(arrival_ms) if arrival_ms else "-"
-            print(f"simulate: {done}/{total} messages sent, simulated time {sim}", flush=True)
-
-    return report
+    return simulate_to_broker(bootstrap_of(args.broker), TopicNames(args.topic_prefix),
+                              args.partitions, _cohort(args), args.speed or None, args.quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -277,9 +172,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
-    from streams.notify import NotifyConfig, run
-    from streams.routing import load_routing
-    from streams.topics import broker_url_of
+    from streams.kafka.topics import broker_url_of
+    from streams.notify.notifier import NotifyConfig, run
+    from streams.notify.routing import load_routing
 
     load_routing(args.config)  # a bad file is a one-line error, before Faust starts
     return run(NotifyConfig(
@@ -294,19 +189,16 @@ def _cmd_notify(args: argparse.Namespace) -> int:
 
 
 def _cmd_ack(args: argparse.Namespace) -> int:
-    from streams.oncall import publish_ack
-    from streams.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.notify.oncall import ack_command
 
-    ack = publish_ack(bootstrap_of(args.broker), TopicNames(args.topic_prefix), args.alert_id,
-                      args.by, args.note, args.patient)
-    print(f"acknowledged alert {ack['alert_id']} (patient {ack['patient_id']}) as {ack['by']} "
-          f"at {ack['at']}", flush=True)
-    return 0
+    return ack_command(bootstrap_of(args.broker), TopicNames(args.topic_prefix), args.alert_id,
+                       args.by, args.note, args.patient)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
-    from streams.oncall import show_alerts
-    from streams.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.notify.oncall import show_alerts
 
     show_alerts(bootstrap_of(args.broker), TopicNames(args.topic_prefix), sys.stdout,
                 follow=args.follow, patient=args.patient)
@@ -381,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                "CLSMON_METRICS_PORT (worker /metrics port), CLSMON_STORE (Faust table store), "
                "CLSMON_THRESHOLDS (TOML thresholds file), CLSMON_NOTIFY_CONFIG (notification "
                "routing); see each command's --help.")
+    parser.add_argument("--version", action="version", version=f"clsmon {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="run recorded observations (CSV/Parquet) through the "
@@ -491,21 +384,22 @@ _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundEr
 
 
 def _notify_errors() -> tuple[type[Exception], ...]:
-    from streams.oncall import OnCallError
-    from streams.routing import RoutingError
+    from streams.notify.oncall import OnCallError
+    from streams.notify.routing import RoutingError
 
     return (RoutingError, OnCallError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from streams.replay import ReplayError
+    from streams.offline.replay import ReplayError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    expected: tuple[type[Exception], ...] = (*_EXPECTED_ERRORS, ReplayError, *_notify_errors())
     try:
         return func(args)
-    except (*_EXPECTED_ERRORS, ReplayError, *_notify_errors()) as exc:
+    except expected as exc:
         print(f"clsmon {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,25 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from streams.broker import EmbeddedBroker, free_port
-from streams.publish import Publisher, cohort_messages, publish
-from streams.simulator import cohort
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka.local import free_port
+from streams.kafka.tansu import EmbeddedBroker
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.notify.sinks import format_alert
+from streams.offline.publish import Publisher, cohort_messages, publish
+from streams.offline.simulator import cohort
 
-_COLOURS = {"prodromal": "\033[33m", "leak": "\033[1;31m", "recovery": "\033[32m",
-            "none": "\033[36m"}
-_RESET = "\033[0m"
 PARTITIONS = 3
-
-
-def format_alert(doc: dict[str, Any], colour: bool) -> str:
-    """One readable line per alert; coloured by phase on a terminal."""
-    line = (f"{doc.get('raised_at', '?'):<21} {doc.get('patient_id', '?'):<9} "
-            f"{doc.get('previous_phase', '?'):>9} -> {doc.get('phase', '?'):<9} "
-            f"{doc.get('severity', '?'):<8} {doc.get('summary', '')}")
-    if colour:
-        return f"{_COLOURS.get(str(doc.get('phase')), '')}{line}{_RESET}"
-    return line
 
 
 def _start_worker(broker_url: str, names: TopicNames, web_port: int, thresholds: str | None,

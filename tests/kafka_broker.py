@@ -1,7 +1,7 @@
 """A real Kafka-protocol broker for the integration tests, behind one interface.
 
 With a reachable Docker engine: testcontainers' ``KafkaContainer`` in KRaft mode. Without one:
-the embedded Tansu broker (``streams.broker.EmbeddedBroker``). Either way the caller gets a
+the embedded Tansu broker (``streams.kafka.tansu.EmbeddedBroker``). Either way the caller gets a
 ``KafkaEndpoint`` and the broker is stopped when the context exits. Used by the session fixture
 ``kafka_bootstrap`` in ``conftest.py``.
 
@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from streams.broker import EmbeddedBroker
+from streams.kafka.tansu import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 

@@ -120,7 +120,7 @@ class NotifierProcess(WorkerProcess):
 
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, config: Path,
                  *extra: str) -> None:  # noqa: D107 - replaces WorkerProcess's command
-        from streams.broker import free_port
+        from streams.kafka.local import free_port
 
         self.port = free_port()
         self.log_path = data_dir / f"notifier-{self.port}.log"

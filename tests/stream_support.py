@@ -19,10 +19,10 @@ import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import replay as rp
-from streams.broker import free_port
-from streams.publish import Outgoing
-from streams.topics import TopicNames
+from streams.kafka.local import free_port
+from streams.kafka.topics import TopicNames
+from streams.offline import replay as rp
+from streams.offline.publish import Outgoing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,12 +88,13 @@ class WorkerProcess:
     def final_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         """The counters the process printed when it stopped (``FINAL_COUNTS``), in the form of
         ``metrics()``; None when it printed none (killed, or still running)."""
-        from streams.worker import FINAL_COUNTS
+        from streams.ops.counts import FINAL_COUNTS
 
         if not self._log.closed:
             self._log.flush()
-        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines()
-                 if FINAL_COUNTS in ln]  # Faust's terminal codes may come first on the line
+        text = self.log_path.read_text(errors="replace")
+        assert "\x1b" not in text, "terminal escape codes in a log that is not a terminal"
+        lines = [ln for ln in text.splitlines() if ln.startswith(FINAL_COUNTS)]
         if not lines:
             return None
         counts = json.loads(lines[-1].split(FINAL_COUNTS, 1)[1])

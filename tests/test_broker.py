@@ -8,7 +8,8 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from streams.broker import BrokerError, EmbeddedBroker, TansuBinaryNotFound, create_topics
+from streams.kafka.admin import BrokerError, create_topics
+from streams.kafka.tansu import EmbeddedBroker, TansuBinaryNotFound
 
 
 def _fresh_topic(prefix: str = "clsmon.test") -> str:
@@ -110,7 +111,7 @@ def test_the_embedded_broker_dies_with_a_killed_parent() -> None:
 
     parent = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from streams.broker import EmbeddedBroker\n"
+         "from streams.kafka.tansu import EmbeddedBroker\n"
          "b = EmbeddedBroker().start()\n"
          "print(b._proc.pid, flush=True)\n"
          "time.sleep(120)\n"],

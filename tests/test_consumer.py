@@ -1,4 +1,5 @@
-"""The corrected Faust consumer (streams.consumer): the inline delivery keeps Faust's semantics.
+"""The corrected Faust consumer (streams.kafka.consumer): the inline delivery keeps Faust's
+semantics.
 
 Faust hands each message to the agents with ``wait_first(deliver(message),
 suspend_flow.wait())``: a delivery that blocks (full agent buffer) must still be interrupted by
@@ -17,7 +18,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from streams import consumer as clsmon_consumer
+from streams.kafka import consumer as clsmon_consumer
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_with_the_flow_already_suspended_faust_decides_as_before(faust_consumer:
     assert result.results == [True]  # the suspension won, the delivery never finished
 
 
-# --- delivery in offset order (3. in streams.consumer) -----------------------------------------
+# --- delivery in offset order (3. in streams.kafka.consumer) ------------------------------------
 
 def _drain(consumer: Any, monkeypatch: Any, batches: list[list[tuple[Any, int]]],
            start: dict[Any, int], seeking: bool = False,
@@ -201,7 +202,7 @@ def test_between_an_assignment_and_its_seek_only_table_recovery_gets_messages(
     assert delivered == [("consumer-test-state-changelog", 0)] and seeks == []
 
 
-# --- what is committed (4. in streams.consumer) ----------------------------------------------
+# --- what is committed (4. in streams.kafka.consumer) -------------------------------------------
 
 def _acknowledge(consumer: Any, tp: Any, offsets: list[int]) -> None:
     for offset in offsets:

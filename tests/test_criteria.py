@@ -1,4 +1,4 @@
-"""One test group per criterion of clinical-criteria.md, on the pure criterion functions."""
+"""One test group per criterion of docs/clinical-criteria.md, on the pure criterion functions."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def rule_exprs() -> list[str]:
 def test_dashboard_and_rules_use_only_metrics_the_worker_exposes():
     from prometheus_client import CollectorRegistry
 
-    from streams.metrics import Metrics
+    from streams.worker.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

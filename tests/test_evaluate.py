@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from streams import evaluate as ev_mod
 from streams.cli import main
-from streams.simulator import cohort
+from streams.offline import evaluate as ev_mod
+from streams.offline.simulator import cohort
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

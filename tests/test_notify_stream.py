@@ -17,9 +17,9 @@ import pytest
 from notify_support import NotifierProcess, Receiver, alert_doc, run_cli
 from stream_support import fresh_prefix, read_topic
 
-from streams import codec
-from streams.publish import Publisher
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka import codec
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Publisher
 
 pytestmark = pytest.mark.broker
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from notify_support import Receiver, alert_doc
 
-from streams import codec
 from streams.cli import main
-from streams.notify import Incoming, Notifier, NotifyMetrics, parse_ack
-from streams.routing import Route, Routing, RoutingError, load_routing, routing_from_mapping
-from streams.sinks import AuditSink, ConsoleSink, Delivery, WebhookSink, format_alert
-from streams.topics import TopicNames
+from streams.kafka import codec
+from streams.kafka.topics import TopicNames
+from streams.notify.notifier import Incoming, Notifier, NotifyMetrics, parse_ack
+from streams.notify.routing import Route, Routing, RoutingError, load_routing, routing_from_mapping
+from streams.notify.sinks import AuditSink, ConsoleSink, Delivery, WebhookSink, format_alert
 
 NAMES = TopicNames("u.")
 

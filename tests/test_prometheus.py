@@ -14,9 +14,9 @@ import pytest
 from debian_tools import require
 from stream_support import WorkerProcess, fresh_prefix
 
-from streams.publish import Publisher, cohort_messages
-from streams.simulator import cohort
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Publisher, cohort_messages
+from streams.offline.simulator import cohort
 
 ROOT = Path(__file__).resolve().parent.parent
 

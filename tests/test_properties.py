@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from detectors.observation import Observation, Rejection, normalise, parse_time_ms
 from detectors.phases import flush, step
 from detectors.units import KINDS
-from streams.simulator import PROFILES, make_patient
+from streams.offline.simulator import PROFILES, make_patient
 
 anything = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

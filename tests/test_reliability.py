@@ -35,10 +35,10 @@ from stream_support import (
 )
 
 from detectors.observation import PatientContext, Rejection, normalise, parse_context
-from streams import codec
-from streams.publish import Outgoing, Publisher, cohort_messages
-from streams.simulator import cohort
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka import codec
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Outgoing, Publisher, cohort_messages
+from streams.offline.simulator import cohort
 
 pytestmark = pytest.mark.broker
 
@@ -47,7 +47,8 @@ pytestmark = pytest.mark.broker
 #: process re-read messages late and change an alert. The causes were in Faust's consumer (a seek
 #: aiokafka skips without a commit, batches fetched across a seek, an off-by-one in what it
 #: commits, delivery before the seek on a first assignment); each is corrected and unit-tested in
-#: streams.consumer. Every assertion here is strict; the two exception types name the outcomes.
+#: streams.kafka.consumer. Every assertion here is strict; the two exception types name the
+#: outcomes.
 
 
 class Stalled(AssertionError):

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors.observation import Observation, normalise
-from streams import replay as rp
 from streams.cli import main
-from streams.simulator import cohort
+from streams.offline import replay as rp
+from streams.offline.simulator import cohort
 
 COLUMNS = ["patient_id", "observed_at", "kind", "value", "unit", "source", "period_min"]
 

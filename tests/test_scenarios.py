@@ -1,7 +1,7 @@
 """Whole patients through the engine: CLS episodes must alert, confounders must not.
 
-Synthetic patients come from streams.simulator (seeded; labs reported 1-3 h after the draw, so
-arrival order is not event order). Handmade streams pin the exact timing rules.
+Synthetic patients come from streams.offline.simulator (seeded; labs reported 1-3 h after the
+draw, so arrival order is not event order). Handmade streams pin the exact timing rules.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from builders import HOUR, T0, by_time, obs, phases, run, vitals
 from detectors.config import thresholds_from_mapping
 from detectors.observation import parse_time_ms
 from detectors.state import PatientState
-from streams.simulator import make_patient
+from streams.offline.simulator import make_patient
 
 SEEDS = range(6)
 

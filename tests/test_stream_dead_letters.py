@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from stream_support import WorkerProcess, fresh_prefix, read_topic
 
-from streams.publish import Publisher
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Publisher
 
 GOOD = {"patient_id": "bed01", "kind": "sbp", "value": 120, "unit": "mm[Hg]",
         "observed_at": "2026-11-25T04:10:00Z"}

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from stream_support import WorkerProcess, alert_docs, fresh_prefix, read_topic, replay_alert_ids
 
-from streams.publish import Publisher, cohort_messages
-from streams.simulator import cohort
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Publisher, cohort_messages
+from streams.offline.simulator import cohort
 
 
 @pytest.mark.broker

@@ -15,9 +15,9 @@ from stream_support import (
     wait_committed,
 )
 
-from streams.publish import Publisher, cohort_messages
-from streams.simulator import cohort
-from streams.topics import TopicNames, ensure_topics
+from streams.kafka.topics import TopicNames, ensure_topics
+from streams.offline.publish import Publisher, cohort_messages
+from streams.offline.simulator import cohort
 
 
 @pytest.mark.broker

@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 
 from detectors.config import DEFAULT_THRESHOLDS
-from streams import codec
-from streams import worker as streams_worker
 from streams.cli import build_parser
-from streams.metrics import Metrics, final_counts
-from streams.ordering import PartitionMerge
-from streams.worker import Detector, WorkerConfig
+from streams.kafka import codec
+from streams.ops.counts import final_counts
+from streams.worker import detector as streams_worker
+from streams.worker.config import WorkerConfig
+from streams.worker.detector import Detector
+from streams.worker.metrics import Metrics
+from streams.worker.ordering import PartitionMerge
+from streams.worker.outputs import Outputs
+from streams.worker.store import StateStore
 
 SOURCES = ("p", "v", "l")
 
@@ -120,8 +124,13 @@ class _Table:
 def _detector() -> tuple[Detector, Metrics, _Table, _Topic, _Topic]:
     metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
     cfg = WorkerConfig(topic_prefix="u.", grace_ms=0)
-    return Detector(cfg, DEFAULT_THRESHOLDS, metrics, table, alerts, dead), metrics, table, \
-        alerts, dead
+    return _new_detector(cfg, metrics, table, alerts, dead), metrics, table, alerts, dead
+
+
+def _new_detector(cfg: WorkerConfig, metrics: Metrics, table: _Table, alerts: _Topic,
+                  dead: _Topic) -> Detector:
+    return Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                    Outputs(alerts, dead, metrics))
 
 
 def _obs(t: str = "2026-11-25T04:10:00Z") -> bytes:
@@ -148,7 +157,7 @@ def test_an_internal_error_is_dead_lettered_counted_and_acked(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("engine bug")
 
-    monkeypatch.setattr("streams.worker.step", boom)
+    monkeypatch.setattr("streams.worker.detector.step", boom)
     event = _Event(_Msg("u.vitals", offset=3), b"bed1", _obs())
     det.on_event(event, now=1_800_000_001.0)  # must not raise
     assert event.acked
@@ -175,7 +184,7 @@ def test_simulate_needs_exactly_one_of_to_and_broker(capsys: pytest.CaptureFixtu
 def test_the_ordering_buffer_gauge_follows_the_buffer_through_a_revoke() -> None:
     metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
     cfg = WorkerConfig(topic_prefix="u.", grace_ms=60_000)  # labs/patients may still deliver
-    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, table, alerts, dead)
+    det = _new_detector(cfg, metrics, table, alerts, dead)
     det.on_event(_Event(_Msg("u.vitals", offset=1), b"bed1", _obs()), now=1_800_000_001.0)
     gauge = metrics.registry.get_sample_value
     assert gauge("clsmon_ordering_buffer_messages") == 1  # held for the silent sources

@@ -1,2 +1,2 @@
-"""One module per phase criterion of clinical-criteria.md; each takes state and thresholds and
+"""One module per phase criterion of docs/clinical-criteria.md; each takes state and thresholds and
 returns findings (``detectors.alerts.Evidence``) or None, and never reads a clock."""

@@ -1,6 +1,6 @@
 """Hemoconcentration: plasma leaves the vessels, the red cells stay behind.
 
-Criterion (clinical-criteria.md, leak phase): Hct > 45 % (F) / > 50 % (M) / > 45 % when sex is
+Criterion (docs/clinical-criteria.md, leak phase): Hct > 45 % (F) / > 50 % (M) / > 45 % when sex is
 unknown (upper reference limits, [D]), OR a rise >= 15 % relative to the patient's baseline (from
 Druey & Greipp 2010: Hct > 60 from a baseline of 35-40). Peak values in attacks are 60-70 %
 (Pineton de Chambrun 2017). Recovery needs the Hct to fall again: [D] 3 points below the peak.

@@ -1,6 +1,6 @@
 """Hypoalbuminemia: albumin leaks with the plasma (the third element of the triad).
 
-Criterion (clinical-criteria.md, leak phase; Karsen 2017): albumin < 3.0 g/dL, or a fall >= 0.5
+Criterion (docs/clinical-criteria.md, leak phase; Karsen 2017): albumin < 3.0 g/dL, or a fall >= 0.5
 g/dL from baseline. It raises a leak alert's severity from high to critical.
 """
 

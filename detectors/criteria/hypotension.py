@@ -1,8 +1,8 @@
 """Hypotension, and its opposite for recovery: blood pressure folded into 5-minute slots.
 
-Criterion (clinical-criteria.md, leak phase): SBP <= 90 mmHg, or a fall >= 40 mmHg from baseline
-(Karsen 2017), or MAP < 65 mmHg (Sepsis-3), held >= 10 minutes over several readings [D] so that
-one reading never raises it. Recovery needs "SBP > 100 held" [D].
+Criterion (docs/clinical-criteria.md, leak phase): SBP <= 90 mmHg, or a fall >= 40 mmHg from
+baseline (Karsen 2017), or MAP < 65 mmHg (Sepsis-3), held >= 10 minutes over several readings [D]
+so that one reading never raises it. Recovery needs "SBP > 100 held" [D].
 
 Readings are tallied per event-time slot (counts are order-free, so late and shuffled vitals give
 the same slots). A slot is *low* when most SBP or most MAP readings in it are low: a lone artefact
@@ -56,8 +56,9 @@ def add_reading(slot: list[float], kind: str, value: float, t: int, sbp_baseline
             slot[FIRST_LOW_T] = t
         if t > slot[LAST_LOW_T]:
             slot[LAST_LOW_T] = t
-    before = slot[CLS]
-    after = slot[CLS] = slot_class(slot)
+    before = int(slot[CLS])
+    after = slot_class(slot)
+    slot[CLS] = after
     return before, after
 
 

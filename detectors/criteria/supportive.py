@@ -1,6 +1,6 @@
 """Supportive signs of a leak: they fill the evidence and raise severity, never decide alone.
 
-Leukocytosis: WBC > 12 x10^9/L (SIRS criterion, clinical-criteria.md).
+Leukocytosis: WBC > 12 x10^9/L (SIRS criterion, docs/clinical-criteria.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Urine flow in mL/kg/h over a window: oliguria in the leak, polyuria in recovery.
 
-Criteria (clinical-criteria.md): oliguria < 0.5 mL/kg/h for 6 h (KDIGO 2012 stage 1); polyuria
+Criteria (docs/clinical-criteria.md): oliguria < 0.5 mL/kg/h for 6 h (KDIGO 2012 stage 1); polyuria
 > 2.1 mL/kg/h sustained >= 3 h (StatPearls). Collections ``[start, end, mL]`` are pro-rated into
 the window; a window less than 90 % covered by collections [D] gives no answer rather than a rate
 computed from missing data (a missing hour of charting is not anuria).

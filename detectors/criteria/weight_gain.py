@@ -1,9 +1,9 @@
 """Rapid weight gain: the prodrome's one measurable sign, fluid already leaving the vessels.
 
-Criterion (clinical-criteria.md, prodromal phase): a gain >= 3 % of baseline (or >= 2 kg) within
-48 h while blood pressure is still normal [D]; confirmed by a second weighing [D persistence], so a
-single scale error (a pump on the bed, a blanket) never raises it. Fluid overload in recovery uses
-the weight >= 5 % over baseline (Druey 2010, Cordemans 2012).
+Criterion (docs/clinical-criteria.md, prodromal phase): a gain >= 3 % of baseline (or >= 2 kg)
+within 48 h while blood pressure is still normal [D]; confirmed by a second weighing [D
+persistence], so a single scale error (a pump on the bed, a blanket) never raises it. Fluid
+overload in recovery uses the weight >= 5 % over baseline (Druey 2010, Cordemans 2012).
 """
 
 from __future__ import annotations

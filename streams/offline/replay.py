@@ -250,7 +250,7 @@ def _replay_frame(df: pd.DataFrame, contexts: list[dict[str, Any]] | None, th: T
                 obs = observations[i]
             else:
                 checked = normalise(_row_dict(df, i))
-                if checked.__class__ is Rejection:
+                if isinstance(checked, Rejection):
                     result.rejects.append({"row": i + 2, "reason": checked.reason,
                                            "detail": checked.detail, "input": _row_dict(df, i)})
                     continue
@@ -347,3 +347,34 @@ class Progress:
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
+
+
+def run_replay(observations: str, *, patients: str | None = None, out: str | None = None,
+               rejects: str | None = None, sort: bool = False, plots: str | None = None,
+               thresholds: Thresholds = DEFAULT_THRESHOLDS, quiet: bool = False) -> int:
+    """``clsmon replay``: replay a file, write alerts, rejects and plots, print a summary.
+
+    Returns the exit code (0). Raises ``ReplayError`` for a file that cannot be replayed.
+    """
+    from streams.offline.plots import write_timelines
+
+    df = read_observations(observations)
+    contexts = read_contexts(patients) if patients else None
+    result = replay_frame(df, contexts, thresholds, sort=sort,
+                          progress=None if quiet else Progress())
+    if out:
+        write_alerts(result.alerts, out)
+    if rejects:
+        write_rejects(result.rejects, rejects)
+    written = write_timelines(result, plots, contexts) if plots else 0
+    if not quiet:
+        for line in summary_lines(result):
+            print(line)
+        if out:
+            print(f"alerts written to {out}")
+        if rejects:
+            print(f"rejected rows written to {rejects}")
+        if plots:
+            print(f"{written} timeline plots written to {plots}")
+    return 0
+

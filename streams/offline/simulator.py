@@ -6,7 +6,7 @@ vitals are sampled every few minutes, labs are drawn every few hours and REPORTE
 hours later (the output is in arrival order, as a lab system publishes), weights are taken twice a
 day, urine is charted hourly. Ground truth is the phase intervals of each patient.
 
-Profiles (numbers from clinical-criteria.md):
+Profiles (numbers from docs/clinical-criteria.md):
 - ``stable``: nothing happens.
 - ``scls``: baseline, prodrome (weight +4-6 %), leak (SBP 70-85, Hct 55-65 %, albumin 2.0-2.6,
   WBC 15-25, urine 0.2-0.4 mL/kg/h) for 24-36 h (Wu 2019), recovery with polyuria and falling Hct.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from detectors.observation import format_time
@@ -325,3 +326,30 @@ def cohort(n: int, seed: int = 7, start_ms: int = 1_790_000_000_000, hours: floa
         patients.append(make_patient(f"sim-{i + 1:04d}", profile, seed * 100_003 + i, start_ms,
                                      hours, **kwargs))
     return patients
+
+
+def simulate_to_file(to: str, patients: list[Patient]) -> int:
+    """``clsmon simulate --to FILE``: observations to ``FILE`` (CSV or Parquet), context to
+    ``FILE.patients.csv``, ground truth to ``FILE.truth.csv``; returns the exit code (0)."""
+    import pandas as pd
+
+    out = Path(to)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [o for p in patients for o in p.observations]
+    frame = pd.DataFrame(rows, columns=["patient_id", "observed_at", "kind", "value", "unit",
+                                        "source", "period_min"])
+    if out.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    stem = out.with_suffix("")
+    contexts = pd.DataFrame([p.context() for p in patients])[
+        ["patient_id", "sex", "weight_kg", "birth_year"]]
+    contexts.to_csv(f"{stem}.patients.csv", index=False)
+    truth = pd.DataFrame([t | {"profile": p.profile} for p in patients for t in p.truth],
+                         columns=["patient_id", "phase", "start", "end", "profile"])
+    truth.to_csv(f"{stem}.truth.csv", index=False)
+    print(f"{len(patients)} patients, {len(frame)} observations -> {out}; "
+          f"context -> {stem}.patients.csv; ground truth -> {stem}.truth.csv")
+    return 0
+

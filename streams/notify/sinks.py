@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from streams import codec
+from streams.kafka import codec
 
 PHASE_COLOURS = {"prodromal": "\033[33m", "leak": "\033[1;31m", "recovery": "\033[32m",
                  "none": "\033[36m"}

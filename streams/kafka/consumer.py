@@ -65,13 +65,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any, cast
 
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
+from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 _CONSUMER_FETCHING = "FETCHING"  # faust.transport.consumer.CONSUMER_FETCHING
@@ -182,6 +183,12 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    @property
+    def _our_thread(self) -> _ConsumerThread:
+        """Faust's consumer thread, as the subclass ``_new_consumer_thread`` made."""
+        thread: _ConsumerThread = self._thread  # type: ignore[assignment]
+        return thread
+
     #: True from a rebalance until its seek: stream records fetched meanwhile are not delivered
     #: (the seek reads them again from the commit). On the first assignment Faust's flow is
     #: already on and it delivered from wherever aiokafka started while the seek was under way.
@@ -205,7 +212,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # where the seek put every stream partition (its commit, or the start). Not the live
         # position: on the first assignment the flow is already on and the consumer may have
         # fetched past it by now; what it delivers from there is checked against this.
-        sought = self._thread.sought
+        sought = self._our_thread.sought
         self._expect.clear()
         self._expect.update(sought)
         # records dropped while the seek was under way may have been fetched after it: nothing
@@ -223,7 +230,7 @@ class _Consumer(faust_aiokafka.Consumer):
             return None
         committed = self._committed_offset[tp]
         # before the first commit: where the last seek began reading (4. in the module doc)
-        head = committed if committed is not None else self._thread.sought.get(tp)
+        head = committed if committed is not None else self._our_thread.sought.get(tp)
         if head is None:
             return None  # never sought (not a stream partition of ours): commit nothing
         acked.sort()
@@ -472,7 +479,7 @@ class StallGuard:
             self._since.clear()
             self._stuck.clear()
             return {}
-        app_consumer = app.consumer
+        app_consumer: Any = app.consumer
         now = time.monotonic()
         if getattr(app_consumer, "seeking", False):
             # a rebalance is over but its seek never came (it failed, or timed out): the stream
@@ -509,11 +516,18 @@ def watch(app: faust.App, topics: set[str], agent_name: str, after_s: float,
     async def watch_partitions() -> None:
         await guard_check(app, guard, agent_name, rereads, idle)
 
-    @app.on_partitions_revoked.connect
-    async def reset_guard(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+    async def reset_guard(sender: Any, *args: Any, **kwargs: Any) -> None:
         guard.reset()
 
+    on_revoked(app, reset_guard)
+
     return guard
+
+
+def on_revoked(app: faust.App, receiver: Callable[..., Awaitable[None]]) -> None:
+    """Call ``receiver(app, revoked_partitions)`` when partitions are revoked (Faust's signal;
+    its type hints do not admit an async receiver with our signature)."""
+    app.on_partitions_revoked.connect(cast(Any, receiver))
 
 
 def in_flight_probe(app: faust.App, guard: StallGuard) -> Any:
@@ -524,7 +538,7 @@ def in_flight_probe(app: faust.App, guard: StallGuard) -> Any:
     def probe(topic: str, partition: int) -> bool:
         try:
             tp = TP(topic, partition)
-            app_consumer = app.consumer
+            app_consumer: Any = app.consumer
             return guard.in_flight(tp, app_consumer._thread.fetch_position(tp),
                                    app_consumer._committed_offset.get(tp), time.monotonic())
         except Exception:  # noqa: BLE001 - e.g. no consumer yet: fall back to the grace rule
@@ -541,3 +555,11 @@ async def guard_check(app: faust.App, guard: StallGuard, agent_name: str, reread
             rereads.labels(tp.topic).inc()
     except Exception:  # noqa: BLE001 - a watchdog must not take the worker down
         log.debug("stall guard check failed", exc_info=True)
+
+
+def rereads_counter(registry: CollectorRegistry) -> Counter:
+    """The stall guard's counter (``StallGuard``), in the worker's and the
+    notifier's registry alike."""
+    return Counter("clsmon_partition_rereads", "Input partitions re-read because fetched "
+                   "messages never reached the agent (streams.kafka.consumer.StallGuard); should "
+                   "stay 0", ["topic"], registry=registry)

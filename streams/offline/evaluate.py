@@ -1,7 +1,7 @@
 """How well do the detectors work? Alerts from a replay scored against ground truth.
 
-The figures are the ones clinical-criteria.md asks for ("What good looks like"): sensitivity per
-episode and per phase, lead time, alerts per patient-day and PPV, not only AUROC, plus false
+The figures are the ones docs/clinical-criteria.md asks for ("What good looks like"): sensitivity
+per episode and per phase, lead time, alerts per patient-day and PPV, not only AUROC, plus false
 alerts by confounder so a reader sees WHICH patients the detector bothers clinicians about.
 
 Definitions (stated in the report):
@@ -38,7 +38,7 @@ import pandas as pd
 from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, MIN_MS, Thresholds
 from detectors.criteria import hemoconcentration
 from detectors.observation import parse_time_ms
-from streams import replay as rp
+from streams.offline import replay as rp
 
 DETECT_BEFORE_MS = 2 * HOUR_MS
 COURSE_BEFORE_MS = 6 * HOUR_MS
@@ -53,7 +53,7 @@ class Evaluation:
     patients: int = 0
     patient_days: float = 0.0
     episodes: list[dict[str, Any]] = field(default_factory=list)  # one row per true leak
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    phases: dict[str, dict[str, float | None]] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # one row per counted alert
     by_profile: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -158,12 +158,12 @@ def evaluate(observations: pd.DataFrame, truth: pd.DataFrame,
     true_positive = 0
     for pid, alerts in alerts_of.items():
         window = course.get(pid)
-        for a in alerts:
-            tp = window is not None and window[0] <= a["t"] <= window[1]
+        for alert in alerts:
+            tp = window is not None and window[0] <= alert["t"] <= window[1]
             true_positive += tp
             ev.alerts.append({"patient_id": pid, "profile": profile_of.get(pid, ""),
-                              "phase": a["phase"], "severity": a["severity"],
-                              "raised_at": a["raised_at"], "true_positive": tp})
+                              "phase": alert["phase"], "severity": alert["severity"],
+                              "raised_at": alert["raised_at"], "true_positive": tp})
     n_alerts = len(ev.alerts)
     days_of = days.to_dict()
     profiles = sorted({profile_of.get(pid, "") for pid in span.index})
@@ -346,3 +346,33 @@ course ({s['leak_episodes']} leak episodes), {s['observations']:,} observations
     path = out / "report.html"
     path.write_text(doc, encoding="utf-8")
     return path
+
+
+def run_evaluate(observations: str, *, truth: str, patients: str | None, report: str,
+                 plots: bool = False, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> int:
+    """``clsmon evaluate``: replay, score against ``truth``, write the report, print the
+    headline figures; returns the exit code (0)."""
+    from streams.offline.plots import write_timelines
+
+    truth_df = read_truth(truth)
+    df = rp.read_observations(observations)
+    contexts = rp.read_contexts(patients) if patients else None
+    scored, result, _ = evaluate(df, truth_df, contexts, thresholds)
+    path = write_report(scored, report)
+    if plots:
+        write_timelines(result, Path(report) / "timelines", contexts, truth_df)
+    s = scored.summary
+    print(f"patients {s['patients']}, leak episodes {s['leak_episodes']}, "
+          f"alerts {s['alerts']}")
+    print(f"leak sensitivity {(s['leak_sensitivity'] or 0):.1%}   prodrome "
+          f"{(s['prodrome_sensitivity'] or 0):.1%}   "
+          f"recovery {(s['recovery_sensitivity'] or 0):.1%}")
+    d = s["leak_delay_h"]
+    if d["n"]:
+        print(f"leak delay after criteria measurable: median {d['median']:.2f} h "
+              f"(IQR {d['q1']:.2f}-{d['q3']:.2f})")
+    print(f"PPV {(s['ppv'] or 0):.1%}   alerts/patient-day non-CLS "
+          f"{(s['non_cls_alerts_per_patient_day'] or 0):.4f}")
+    print(f"report: {path}")
+    return 0
+

@@ -49,12 +49,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from detectors.alerts import PHASES, SEVERITIES
 from detectors.observation import Rejection
-from streams import codec, consumer
-from streams.metrics import rereads_counter
-from streams.routing import Route, Routing, load_routing
-from streams.sinks import Delivery, Sink
-from streams.topics import TopicNames, bootstrap_of, ensure_topics
-from streams.worker import WorkerConfig, faust_settings, serve_and_run
+from streams.kafka import codec, consumer, faust_app
+from streams.kafka.topics import TopicNames, bootstrap_of, ensure_topics
+from streams.notify.routing import Route, Routing, load_routing
+from streams.notify.sinks import Delivery, Sink
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "notified"
@@ -78,7 +76,7 @@ class NotifyConfig:
     #: re-read a partition whose fetched messages have not reached the agent for this long
     stall_after_s: float = 5.0
     session_timeout_s: float = 6.0
-    producer_max_batch_size: int = 1  # see WorkerConfig: Tansu needs 1 for exact recovery
+    producer_max_batch_size: int = 1  # Tansu needs 1 for exact recovery (faust_app)
     commit_interval_s: float = 0.5
     loglevel: str = "WARNING"
 
@@ -91,13 +89,13 @@ class NotifyConfig:
         return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-notifier"
 
     def faust_settings(self, data_dir: str) -> dict[str, Any]:
-        """The worker's tuned settings (one place), with the notifier's commit interval."""
-        base = WorkerConfig(broker=self.broker, topic_prefix=self.topic_prefix,
-                            partitions=self.partitions, store=self.store,
-                            session_timeout_s=self.session_timeout_s,
-                            producer_max_batch_size=self.producer_max_batch_size,
-                            extra={"broker_commit_interval": self.commit_interval_s})
-        return faust_settings(base, data_dir)
+        """The shared tuned settings (``streams.kafka.faust_app``), with the notifier's commit
+        interval."""
+        return faust_app.faust_settings(
+            partitions=self.partitions, store=self.store, data_dir=data_dir,
+            session_timeout_s=self.session_timeout_s,
+            producer_max_batch_size=self.producer_max_batch_size,
+            extra={"broker_commit_interval": self.commit_interval_s})
 
 
 class NotifyMetrics:
@@ -120,7 +118,7 @@ class NotifyMetrics:
             "clsmon_pending_escalations", "Critical alerts delivered, unacknowledged, waiting "
             "for their escalation deadline", registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the notifier has started", registry=r)
-        self.rereads = rereads_counter(r)
+        self.rereads = consumer.rereads_counter(r)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -261,10 +259,10 @@ class Notifier:
         record.update(patient_id=doc["patient_id"], severity=doc["severity"],
                       partition=msg.partition)
         todo = [s for s in self.routing.sinks_of(route.sinks) if s.name not in record["sinks"]]
-        for i, sink in enumerate(todo):
-            result = await self._deliver(sink, doc, alert_id, route, "alert",
+        for i, target in enumerate(todo):
+            result = await self._deliver(target, doc, alert_id, route, "alert",
                                          (msg.partition, msg.offset))
-            record["sinks"][sink.name] = "delivered" if result.ok else "failed"
+            record["sinks"][target.name] = "delivered" if result.ok else "failed"
             if i < len(todo) - 1:  # the last sink's outcome is written with the rest below
                 await self.ledger.put(msg.partition, alert_id, record)
         record["done"] = True
@@ -417,15 +415,12 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
     metrics = metrics or NotifyMetrics()
     data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-notify-")
     os.makedirs(data_dir, exist_ok=True)
-    app = faust.App(cfg.app_id, broker=cfg.broker, **cfg.faust_settings(data_dir))
-    consumer.install(app, cfg.fetch_wait_ms)
+    app = faust_app.new_app(cfg.app_id, cfg.broker, cfg.faust_settings(data_dir),
+                            cfg.fetch_wait_ms)
     names = cfg.names
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
-    inputs = app.topic(names.alerts, names.alert_acks, **raw)
-    dead_topic = app.topic(names.dead_letters, **raw)
-    table = app.Table(TABLE_NAME, partitions=cfg.partitions, key_type=bytes, value_type=bytes,
-                      schema=faust.Schema(**raw))  # type: ignore[arg-type]
+    inputs = app.topic(names.alerts, names.alert_acks, **faust_app.RAW)
+    dead_topic = app.topic(names.dead_letters, **faust_app.RAW)
+    table = faust_app.raw_table(app, TABLE_NAME, cfg.partitions)
 
     def dead_letter(key: bytes | None, value: bytes | None, topic: str, partition: int,
                     offset: int, reason: str, detail: str) -> None:
@@ -480,5 +475,5 @@ def run(cfg: NotifyConfig) -> int:
     built = build(cfg)
     banner = (f"clsmon notify: broker {cfg.broker}, topics {cfg.topic_prefix}alerts/alert-acks, "
               f"escalation after {built.notifier.escalate_after_s:g} s")
-    return serve_and_run(built.app, built.metrics, built.ready, banner, cfg.web_port,
+    return faust_app.serve_and_run(built.app, built.metrics, built.ready, banner, cfg.web_port,
                          cfg.web_host, cfg.loglevel)

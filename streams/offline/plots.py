@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -18,6 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+if TYPE_CHECKING:
+    from streams.offline.replay import ReplayResult
 
 PHASE_COLOURS = {"prodromal": "#f6c85f", "leak": "#e4572e", "recovery": "#4c9be8",
                  "none": "#8a8a8a"}
@@ -41,7 +44,7 @@ def plot_patient(patient_id: str, observations: pd.DataFrame, alerts: Iterable[d
 
     Args:
         observations: canonical observations of this patient, columns ``kind, value, t`` (epoch
-            ms), as ``streams.replay.validate`` returns them.
+            ms), as ``streams.offline.replay.validate`` returns them.
         alerts: alerts in the contract's JSON shape (``raised_at`` ISO, ``phase``, ...).
         truth: optional ground-truth intervals ``{phase, start, end}`` (ISO) to shade.
         weight_kg: normalises urine output to mL/kg/h (70 kg when unknown).
@@ -102,4 +105,24 @@ def plot_patient(patient_id: str, observations: pd.DataFrame, alerts: Iterable[d
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def write_timelines(result: ReplayResult, out_dir: str | Path,
+                    contexts: list[dict[str, Any]] | None, truth: pd.DataFrame | None = None
+                    ) -> int:
+    """One PNG per alerted patient in ``out_dir`` (observations, alerts, and true phases when
+    ``truth`` is given); returns how many were written."""
+    canon = result.canonical
+    assert canon is not None  # replay_frame always sets it
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for a in result.alerts:
+        by_patient.setdefault(a.patient_id, []).append(a.to_dict())
+    weights = {str(c.get("patient_id")): c.get("weight_kg") for c in contexts or []}
+    for pid, alerts in by_patient.items():
+        intervals = [] if truth is None else truth[truth["patient_id"] == pid].to_dict("records")
+        weight = weights.get(pid)
+        plot_patient(pid, canon[canon["patient_id"] == pid], alerts,
+                     Path(out_dir) / f"{pid}.png", intervals,
+                     float(weight) if weight not in (None, "") else None)
+    return len(by_patient)
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from streams import codec
-from streams.sinks import format_alert
-from streams.topics import TopicNames
+from streams.kafka import codec
+from streams.kafka.topics import TopicNames
+from streams.notify.sinks import format_alert
 
 
 class OnCallError(ValueError):
@@ -136,3 +136,13 @@ def _ack_line(ack: dict[str, Any], patient: str | None) -> str:
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"))
+
+
+def ack_command(bootstrap: str, names: TopicNames, alert_id: str, by: str, note: str | None,
+                patient: str | None) -> int:
+    """``clsmon ack``: publish the acknowledgement and say so; returns the exit code."""
+    ack = publish_ack(bootstrap, names, alert_id, by, note, patient)
+    print(f"acknowledged alert {ack['alert_id']} (patient {ack['patient_id']}) as {ack['by']} "
+          f"at {ack['at']}", flush=True)
+    return 0
+

@@ -3,14 +3,14 @@
 Every topic is keyed by ``patient_id`` and has the same number of partitions, so partition ``p``
 of ``vitals``, ``labs`` and ``patients`` holds the same patients (co-partitioning): the worker
 that owns partition ``p`` sees all of one patient's inputs and can put them back in arrival order
-(``streams.ordering``).
+(``streams.worker.ordering``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.broker import create_topics
+from streams.kafka.admin import create_topics
 
 DEFAULT_PREFIX = "clsmon."
 #: kinds published to the ``labs`` topic; every other kind is a bedside reading (``vitals``)

@@ -1,8 +1,8 @@
 """Publish observations and patient context to the input topics (``clsmon simulate --broker``).
 
-Message timestamps carry the arrival order the worker restores (``streams.ordering``): they are
-the wall clock at sending, made strictly increasing per patient, so a patient's messages have one
-unambiguous order across the ``vitals``, ``labs`` and ``patients`` topics.
+Message timestamps carry the arrival order the worker restores (``streams.worker.ordering``):
+they are the wall clock at sending, made strictly increasing per patient, so a patient's messages
+have one unambiguous order across the ``vitals``, ``labs`` and ``patients`` topics.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.observation import parse_time_ms
-from streams import codec
-from streams.simulator import Patient
-from streams.topics import LAB_KINDS, TopicNames
+from streams.kafka import codec
+from streams.kafka.topics import LAB_KINDS, TopicNames
+from streams.offline.simulator import Patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +120,40 @@ def publish(publisher: Publisher, messages: Iterable[Outgoing], speed: float | N
             progress(n, message.arrival_ms)
     publisher.flush()
     return n
+
+
+def simulate_to_broker(bootstrap: str, names: TopicNames, partitions: int,
+                       patients: Sequence[Patient], speed: float | None, quiet: bool) -> int:
+    """``clsmon simulate --broker``: create the topics if needed and publish the cohort paced
+    by ``speed`` (simulated seconds per real second; None = as fast as possible), with a
+    progress line every 2 s unless ``quiet``. Returns the exit code (0)."""
+    from streams.kafka.topics import ensure_topics
+
+    ensure_topics(bootstrap, names, partitions)
+    total = len(patients) + sum(len(p.observations) for p in patients)
+    publisher = Publisher(bootstrap)
+    try:
+        n = publish(publisher, cohort_messages(patients, names), speed=speed,
+                    progress=None if quiet else _progress_printer(total))
+    finally:
+        publisher.close()
+    if not quiet:
+        print(f"published {n} messages ({len(patients)} patients) to {names.prefix}*",
+              flush=True)
+    return 0
+
+
+def _progress_printer(total: int, every_s: float = 2.0) -> Callable[[int, int], None]:
+    from detectors.observation import format_time
+
+    last = [0.0]
+
+    def report(done: int, arrival_ms: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or done == total:
+            last[0] = now
+            sim = format_time(arrival_ms) if arrival_ms else "-"
+            print(f"simulate: {done}/{total} messages sent, simulated time {sim}", flush=True)
+
+    return report
+

@@ -1,0 +1,94 @@
+"""Cluster administration the project needs: is a broker answering, create the topics.
+
+Uses kafka-python's ``KafkaAdminClient`` (synchronous), so callers need no event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Kafka error codes create_topics treats as success.
+_NO_ERROR = 0
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or did not become ready."""
+
+
+def metadata_error(bootstrap: str, timeout_s: float) -> str | None:
+    """None when the broker answers a real Kafka metadata request, else what went wrong."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="clsmon-broker-probe",
+            request_timeout_ms=max(int(timeout_s * 1000), 500),
+        )
+    except (KafkaError, OSError) as exc:
+        return repr(exc)
+    try:
+        cluster = admin.describe_cluster()
+    except (KafkaError, OSError) as exc:
+        return repr(exc)
+    finally:
+        admin.close()
+    return None if cluster.get("brokers") else f"no brokers in metadata: {cluster!r}"
+
+
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    replication_factor: int = 1,
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """Create topics that do not exist yet; existing ones are left as they are.
+
+    Args:
+        bootstrap: ``host:port`` of any broker.
+        names: topic names.
+        partitions: partitions of each new topic.
+        replication_factor: replicas of each new topic (1 on a single broker).
+        timeout_s: request timeout.
+
+    Returns:
+        The names that were created by this call.
+
+    Raises:
+        BrokerError: the broker refused to create a topic for another reason.
+    """
+    from kafka import KafkaAdminClient
+
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return []
+    ms = int(timeout_s * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="clsmon-admin", request_timeout_ms=ms
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if not missing:
+            return []
+        spec = {
+            name: {"num_partitions": partitions, "replication_factor": replication_factor}
+            for name in missing
+        }
+        response = admin.create_topics(spec, timeout_ms=ms, raise_errors=False)
+    finally:
+        admin.close()
+    created: list[str] = []
+    failures: list[str] = []
+    for result in response.get("topics", []):
+        code = result.get("error_code", _NO_ERROR)
+        if code == _NO_ERROR:
+            created.append(result["name"])
+        elif code != _TOPIC_ALREADY_EXISTS:
+            failures.append(f"{result['name']}: error {code} {result.get('error_message') or ''}")
+    if failures:
+        raise BrokerError("cannot create topics: " + "; ".join(failures))
+    return created

@@ -1,0 +1,116 @@
+"""The Faust plumbing the worker and the notifier share: settings tuned for a fast start and low
+latency, an app with our consumer corrections installed, raw (bytes) topics and tables, and the
+foreground runner.
+
+Faust's own defaults suit long-lived services with big batches: a 60 s session timeout makes a
+group join take ~30 s, and its serializers would decode JSON before our validation could
+dead-letter bad input. Here every topic and table is raw bytes, and each process decodes with
+``streams.kafka.codec``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any
+
+import faust
+
+from streams.kafka import consumer
+from streams.ops.counts import FINAL_COUNTS, final_counts
+from streams.ops.http import serve
+
+#: topics and tables in bytes: decoding (and dead-lettering what does not decode) is ours
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                       "value_serializer": "raw"}
+
+
+def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeout_s: float,
+                   producer_max_batch_size: int, extra: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Faust settings for a clsmon app.
+
+    Args:
+        partitions: partitions of the topics and tables (must match the existing topics).
+        store: ``memory://`` (state rebuilt from the changelog at start) or ``rocksdb://``.
+        data_dir: Faust's data directory (one per process).
+        session_timeout_s: consumer group session timeout; a join completes after about half
+            of it on the embedded broker (60 s default -> 30 s start, measured).
+        producer_max_batch_size: bytes per produce batch; 1 sends records one by one (what the
+            embedded Tansu broker needs for exact table recovery), 0 keeps aiokafka's default.
+        extra: settings that override the above (e.g. ``broker_commit_interval``).
+    """
+    settings: dict[str, Any] = {
+        "broker_session_timeout": session_timeout_s,
+        "broker_heartbeat_interval": min(0.5, session_timeout_s / 6),
+        "broker_rebalance_timeout": session_timeout_s,
+        "broker_request_timeout": max(10.0, session_timeout_s + 4),
+        "broker_commit_interval": 0.5,
+        "topic_partitions": partitions,
+        "topic_replication_factor": 1,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+        "store": store,
+        "datadir": data_dir,
+        "web_enabled": False,  # our own server serves /metrics, /healthz, /readyz
+        "producer_linger_ms": 0,
+        # messages held by the worker's ordering buffer are unacknowledged by design; at
+        # shutdown they are left for the next start (at-least-once) instead of blocking the stop
+        "stream_wait_empty": False,
+    }
+    if producer_max_batch_size > 0:
+        settings["producer_max_batch_size"] = producer_max_batch_size
+    settings.update(extra or {})
+    return settings
+
+
+def new_app(app_id: str, broker: str, settings: dict[str, Any],
+            fetch_wait_ms: int | None) -> faust.App:
+    """A Faust app (consumer group ``app_id``) with the corrections of
+    ``streams.kafka.consumer`` installed."""
+    app = faust.App(app_id, broker=broker, **settings)
+    consumer.install(app, fetch_wait_ms)
+    return app
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of bytes keys and bytes values (with a changelog)."""
+    # key_type/value_type=bytes selects the raw serializer for the changelog writes, the schema
+    # the same for recovery reads
+    return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes,
+                     schema=faust.Schema(**RAW))
+
+
+def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """Faust's worker for ``app``, quiet, and without its progress spinner unless stdout is a
+    terminal: the spinner writes cursor hide/show codes (``ESC[?25l``) even into a log file."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None
+    return worker
+
+
+def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: str,
+                  web_port: int, web_host: str, loglevel: str) -> int:
+    """Serve /metrics, /healthz, /readyz (when ``web_port``), print ``banner`` and run the Faust
+    app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker.
+
+    Shared by the detection worker and the notifier. ``metrics`` is any object with a
+    ``registry``. Must run in the main thread (Faust installs signal handlers).
+    """
+    server = serve(metrics.registry, ready, web_port, web_host) if web_port else None
+    print(banner + (f", metrics http://{web_host}:{web_port}/metrics" if server else ""),
+          flush=True)
+    try:
+        faust_worker(app, loglevel).execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        if server is not None:
+            server.shutdown()
+        # the last word on what this process did: a scrape racing the shutdown can miss the
+        # messages processed (and committed) while it stopped
+        print(FINAL_COUNTS + json.dumps(final_counts(metrics.registry), sort_keys=True),
+              flush=True)
+    return 0

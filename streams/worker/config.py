@@ -1,0 +1,62 @@
+"""Every knob of a detection worker in one frozen object; the CLI fills it from flags and
+``CLSMON_*`` environment variables (README, "Streaming")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.kafka import faust_app
+from streams.kafka.topics import TopicNames
+
+TABLE_NAME = "patient-state"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Every knob of a worker; the CLI fills it from flags and ``CLSMON_*`` variables."""
+
+    broker: str = "kafka://127.0.0.1:9092"
+    topic_prefix: str = "clsmon."
+    partitions: int = 3
+    web_port: int = 6066  # 0 = no HTTP server
+    web_host: str = "0.0.0.0"  # noqa: S104
+    data_dir: str | None = None  # None: a fresh temporary directory
+    thresholds: str | None = None
+    store: str = "memory://"
+    #: Faust hard-codes a 1.5 s fetch wait, which sets end-to-end latency
+    fetch_wait_ms: int = 100
+    #: how long the ordering buffer waits for a silent source (see streams.worker.ordering)
+    grace_ms: int = 300
+    tick_s: float = 0.25  # every tick is a broker record: see tick() in streams.worker.app
+    lag_interval_s: float = 5.0
+    #: re-read a partition whose fetched messages have not reached the agent for this long
+    stall_after_s: float = 5.0
+    #: state is written (and its messages acknowledged) every tick or every this many messages
+    write_batch: int = 500
+    flush_idle_s: float = 3.0
+    #: seconds; Tansu completes a group join after about half of it (60 s default -> 30 s start)
+    session_timeout_s: float = 6.0
+    #: 1 = one record per produce batch. Tansu reports a wrong end offset after batched sends,
+    #: and Faust's table recovery stops there, losing the last state updates (measured).
+    #: Keep 1 on Tansu; on Apache Kafka set 0 (aiokafka's default batching).
+    producer_max_batch_size: int = 1
+    loglevel: str = "WARNING"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    @property
+    def app_id(self) -> str:
+        """Consumer group and changelog prefix: one per topic prefix."""
+        return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-worker"
+
+
+def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
+    """The worker's Faust settings (``streams.kafka.faust_app.faust_settings`` from ``cfg``)."""
+    return faust_app.faust_settings(
+        partitions=cfg.partitions, store=cfg.store, data_dir=data_dir,
+        session_timeout_s=cfg.session_timeout_s,
+        producer_max_batch_size=cfg.producer_max_batch_size, extra=cfg.extra)

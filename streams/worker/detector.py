@@ -1,0 +1,232 @@
+"""What the detection agent does with each message: ingest, arrival order, the engine, and the
+acknowledgement discipline.
+
+Per message: validate (``streams.worker.ingest``; refusals go to ``dead-letters`` at once);
+hold it in its partition's arrival-order merge (``streams.worker.ordering``); when released,
+fold it into the patient's state (``detectors.phases.step``) and publish any alerts
+(``streams.worker.outputs``). Faust-free: the agent and the timers in ``streams.worker.app``
+call in, so this class is tested with plain objects.
+
+Delivery discipline (at-least-once, nothing lost, nothing acknowledged early): a processed
+message is acknowledged only after the state it changed was written (``StateStore.write``,
+the table's changelog); writes are coalesced per tick (``tick_s``) or per ``write_batch``
+messages, because a changelog write per message halves throughput. Alerts are not delayed by
+this: they are sent at once. After a crash the unacknowledged messages come again: the engine
+drops exact redeliveries and alert ids are deterministic, so downstream sees duplicates at
+worst, never a gap.
+
+Ticks (``on_tick``): release messages the ordering buffer held for a silent source, and take
+the decision a lab panel is waiting for (``detectors.phases.flush``) once its patient has been
+quiet for ``flush_idle_s`` and nothing of its partition is held in the merge (the rest of the
+panel may be there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.config import Thresholds
+from detectors.observation import PatientContext, Rejection
+from detectors.phases import apply_context, flush, step
+from streams.worker.config import WorkerConfig
+from streams.worker.ingest import Refused, ingest
+from streams.worker.metrics import Metrics
+from streams.worker.ordering import PartitionMerge
+from streams.worker.outputs import Outputs
+from streams.worker.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    event: Any  # faust Event (acknowledged once processed)
+    value: Any  # Observation | PatientContext
+
+
+class Detector:
+    """Per-partition merges, pending lab panels and unacknowledged messages of one worker."""
+
+    def __init__(self, cfg: WorkerConfig, th: Thresholds, metrics: Metrics, store: StateStore,
+                 outputs: Outputs) -> None:
+        self.cfg = cfg
+        self.th = th
+        self.metrics = metrics
+        self.names = cfg.names
+        self.store = store
+        self.outputs = outputs
+        self._merges: dict[int, PartitionMerge[_Item]] = {}
+        self._last_active: dict[str, float] = {}
+        self._pending: dict[int, set[str]] = {}
+        self._dirty: dict[int, set[str]] = {}
+        self._unacked: dict[int, list[Any]] = {}
+        #: ``(topic, partition) -> bool``: messages fetched but not yet received (the ordering
+        #: merge must wait for them); set by ``streams.worker.app.build`` from the stall guard
+        self.in_flight: Callable[[str, int], bool] | None = None
+
+    # -- entry points ------------------------------------------------------------------------
+    def on_event(self, event: Any, now: float | None = None) -> None:
+        """Handle one message of any input topic; never raises."""
+        now = time.time() if now is None else now
+        msg = event.message
+        try:
+            if msg.topic == self.names.ticks:
+                self.on_tick(msg.partition, now)
+                event.ack()
+                return
+            value = ingest(event.key, event.value, msg.topic == self.names.patients)
+            if isinstance(value, Refused):
+                self.outputs.dead_letter(event, value.rejection, value.kind)
+                return
+            merge = self._merge(msg.partition, now)
+            merge.push(msg.topic, _ts_ms(msg, now), msg.offset, _Item(event, value),
+                       int(now * 1000))
+            self._release(msg.partition, now)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
+            log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+            self.outputs.internal_error(event, exc)
+
+    def has_work(self, partition: int) -> bool:
+        """Something a tick would act on: held messages, unwritten state, unacknowledged
+        messages, or a lab panel waiting for its patient to go quiet."""
+        merge = self._merges.get(partition)
+        return bool((merge is not None and len(merge)) or self._dirty.get(partition)
+                    or self._unacked.get(partition) or self._pending.get(partition))
+
+    def on_tick(self, partition: int, now: float) -> None:
+        """Release what a silent source held back; flush lab panels of quiet patients;
+        persist the state changed since the last tick."""
+        self._release(partition, now)
+        self._persist(partition)
+        merge = self._merges.get(partition)
+        if merge is not None and len(merge):
+            # messages of this partition are still held (a silent topic's grace, or one whose
+            # fetched messages are on their way): the rest of a panel may be among them, so no
+            # patient of it counts as quiet yet
+            self.refresh_gauges()
+            return
+        quiet = [pid for pid in self._pending.get(partition, ())
+                 if now - self._last_active.get(pid, 0.0) >= self.cfg.flush_idle_s]
+        for pid in quiet:
+            self._pending[partition].discard(pid)
+            st = self.store.get(pid)
+            if st is None:
+                continue
+            alerts = flush(st, self.th)
+            self.store.write(partition, pid)
+            self.outputs.alerts(alerts, None)
+        self.refresh_gauges()
+
+    def on_revoked(self) -> None:
+        """Partitions are moving: drop buffers and caches; unacknowledged work comes again."""
+        self._merges.clear()
+        self._dirty.clear()
+        self._unacked.clear()
+        self._pending.clear()
+        self.store.clear()
+        # the beds of revoked partitions are another worker's now: stop reporting them here,
+        # or their "last seen" would age into a false "no data from bed" alert
+        self.metrics.bed_last_seen.clear()
+        self.metrics.consumer_lag.clear()
+        self._update_buffered()  # the buffers were dropped: the gauge must say so
+
+    def refresh_gauges(self) -> None:
+        """Patients by phase, when a write changed any phase since the last refresh."""
+        counts = self.store.phase_counts()
+        if counts is not None:
+            for phase, n in counts.items():
+                self.metrics.patients.labels(phase).set(n)
+
+    # -- detection -----------------------------------------------------------------------------
+    def _release(self, partition: int, now: float) -> None:
+        merge = self._merges.get(partition)
+        if merge is None:
+            return
+        probe = self.in_flight
+        items = merge.pop_ready(int(now * 1000), None if probe is None
+                                else lambda source: probe(source, partition))
+        if not items:
+            self._update_buffered()
+            return
+        dirty = self._dirty.setdefault(partition, set())
+        done = self._unacked.setdefault(partition, [])
+        for item in items:
+            try:
+                self._process(item, partition, now, dirty)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
+                log.exception("internal error processing %r", item.value)
+                self.outputs.internal_error(item.event, exc)
+                continue
+            done.append(item.event)
+        if len(done) >= self.cfg.write_batch:
+            self._persist(partition)
+        self._update_buffered()
+
+    def _update_buffered(self) -> None:
+        self.metrics.buffered.set(sum(len(m) for m in self._merges.values()))
+
+    def _persist(self, partition: int) -> None:
+        """Write each patient changed since the last call once, then acknowledge the messages
+        that changed them (never before: an offset must not be committed ahead of its state)."""
+        for pid in self._dirty.pop(partition, ()):
+            self.store.write(partition, pid)
+        for event in self._unacked.pop(partition, ()):
+            event.ack()
+
+    def _process(self, item: _Item, partition: int, now: float, dirty: set[str]) -> None:
+        value = item.value
+        pid = value.patient_id
+        msg = item.event.message
+        self._last_active[pid] = now
+        self.metrics.bed_last_seen.labels(pid).set(now)
+        self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
+        if isinstance(value, PatientContext):
+            self._on_context(value, partition, dirty)
+            return
+        st = self.store.get(pid)
+        result = step(st, value, self.th)
+        if st is None:
+            self.store.put(pid, result.state)
+        if result.status == "rejected":  # e.g. an impossible urine rate: an artefact
+            why = result.rejection or Rejection("rejected", "rejected by the detectors")
+            self.outputs.dead_letter(item.event, why, value.kind, ack=False)
+        else:
+            self.metrics.observations.labels(value.kind, result.status).inc()
+        if result.status != "duplicate":
+            dirty.add(pid)
+        if result.state.pending:
+            self._pending.setdefault(partition, set()).add(pid)
+        else:
+            self._pending.get(partition, set()).discard(pid)
+        self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
+        self.outputs.alerts(result.alerts, msg.timestamp)
+
+    def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str]) -> None:
+        pid = ctx.patient_id
+        st = apply_context(self.store.get(pid), ctx)
+        self.metrics.observations.labels("context", "context").inc()
+        if st is not None:
+            self.store.put(pid, st)
+            dirty.add(pid)
+            return
+        try:
+            self.metrics.bed_last_seen.remove(pid)  # discharged: no "silent bed" alert
+        except KeyError:
+            pass
+        self._pending.get(partition, set()).discard(pid)
+        self.store.forget(partition, pid)
+
+    def _merge(self, partition: int, now: float) -> PartitionMerge[_Item]:
+        merge = self._merges.get(partition)
+        if merge is None:
+            merge = PartitionMerge(self.names.inputs, self.cfg.grace_ms, int(now * 1000))
+            self._merges[partition] = merge
+        return merge
+
+
+def _ts_ms(msg: Any, now: float) -> int:
+    return int((msg.timestamp if msg.timestamp else now) * 1000)

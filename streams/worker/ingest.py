@@ -1,0 +1,56 @@
+"""The gate between a Kafka record and the detectors: decode, validate, check the key.
+
+The same validation the replay uses (``detectors.observation``), plus what only a stream has: a
+value that is not one UTF-8 JSON object, and a key that is not the record's patient (keys route
+a patient to one partition, so a wrong key would split a patient's state). Pure: bytes in, a
+decision out, so every refusal can be dead-lettered with its reason and counted by kind.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from detectors.observation import Observation, PatientContext, Rejection, normalise, parse_context
+from detectors.units import KINDS, canonical_kind
+from streams.kafka import codec
+
+
+class Refused(NamedTuple):
+    """Why a record cannot be used, and the ``kind`` metric label to count it under."""
+
+    rejection: Rejection
+    kind: str
+
+
+def ingest(key: bytes | None, value: bytes | None, is_context: bool
+           ) -> Observation | PatientContext | Refused:
+    """Decode and validate one record of ``patients`` (``is_context``), ``vitals`` or ``labs``.
+
+    Returns the validated observation or context, or ``Refused`` (never raises).
+    """
+    doc = codec.decode_object(value)
+    kind = "context" if is_context else "unknown"
+    if isinstance(doc, Rejection):
+        return Refused(doc, kind)
+    if not is_context:
+        raw_kind = doc.get("kind")
+        kind = kind_label(raw_kind.strip().lower() if isinstance(raw_kind, str) else "unknown")
+    parsed = parse_context(doc) if is_context else normalise(doc)
+    if isinstance(parsed, Rejection):
+        return Refused(parsed, kind)
+    key_text = codec.key_text(key)
+    if key_text != parsed.patient_id:
+        return Refused(Rejection(
+            "inconsistent", f"message key {key_text!r} is not the patient_id "
+            f"{parsed.patient_id!r} (keys route a patient to one partition)"),
+            parsed.kind if isinstance(parsed, Observation) else "context")
+    return parsed
+
+
+def kind_label(kind: str) -> str:
+    """Metric label for a kind: canonical kinds and ``context``; anything else is ``unknown``
+    (a label per misspelt kind would let bad input grow the series without bound)."""
+    if kind == "context":
+        return kind
+    canonical = canonical_kind(kind) if kind else None
+    return canonical if canonical in KINDS else "unknown"

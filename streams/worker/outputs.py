@@ -1,0 +1,63 @@
+"""Where the worker's results go: alerts to the ``alerts`` topic, refusals to ``dead-letters``,
+each counted in the worker's metrics.
+
+Sends are ``send_soon`` (buffered by Faust's producer, flushed before offsets are committed), so
+an alert or a dead letter is on its way before the message that caused it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from detectors.alerts import Alert
+from detectors.observation import Rejection
+from streams.kafka import codec
+from streams.worker.ingest import kind_label
+from streams.worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Outputs:
+    """The worker's two output topics and their counters."""
+
+    def __init__(self, alerts_topic: Any, dead_topic: Any, metrics: Metrics) -> None:
+        self.alerts_topic = alerts_topic
+        self.dead_topic = dead_topic
+        self.metrics = metrics
+
+    def alerts(self, alerts: Iterable[Alert], msg_ts: float | None) -> None:
+        """Publish alerts (keyed by patient); ``msg_ts`` (the deciding message's Kafka
+        timestamp, s) feeds the observation-to-alert latency."""
+        for alert in alerts:
+            doc = alert.to_dict(emitted_at=codec.now_iso())
+            self.alerts_topic.send_soon(key=alert.patient_id.encode(), value=codec.encode(doc))
+            self.metrics.alerts.labels(alert.phase, alert.severity).inc()
+            if msg_ts is not None:
+                self.metrics.latency.observe(max(0.0, time.time() - msg_ts))
+
+    def dead_letter(self, event: Any, why: Rejection, kind: str, ack: bool = True) -> None:
+        """Dead-letter a Faust event's record with ``why``; acknowledge it unless ``ack`` is
+        False (the caller acknowledges it with its batch)."""
+        msg = event.message
+        record = codec.dead_letter(key=event.key, value=event.value, topic=msg.topic,
+                                   partition=msg.partition, offset=msg.offset,
+                                   reason=why.reason, detail=why.detail)
+        self.dead_topic.send_soon(key=event.key, value=record)
+        self.metrics.dead_letters.labels(why.reason).inc()
+        self.metrics.observations.labels(kind_label(kind), "dead_letter").inc()
+        if ack:
+            event.ack()
+
+    def internal_error(self, event: Any, exc: BaseException) -> None:
+        """An exception on this event: dead-letter it as ``internal_error``; never raises."""
+        try:
+            self.dead_letter(event, Rejection("internal_error", f"{type(exc).__name__}: {exc}"),
+                             "unknown")
+        except Exception:  # noqa: BLE001 - last resort: count it and move on
+            log.exception("could not dead-letter after an internal error")
+            self.metrics.dead_letters.labels("internal_error").inc()
+            event.ack()
