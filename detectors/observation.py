@@ -32,6 +32,9 @@ class Observation(NamedTuple):
     #: for urine_output: the collection period in minutes (None = since the previous one)
     period_min: float | None = None
     id: str = ""
+    #: when the value became available (result reported, reading stored); None = when observed.
+    #: Carried for honest alert times (an alert never claims a time before its evidence existed)
+    available_at_ms: int | None = None
 
 
 class Rejection(NamedTuple):
@@ -167,6 +170,17 @@ def normalise(raw: Mapping[str, Any]) -> Observation | Rejection:
                     "out_of_range",
                     f"urine_output {canonical:g} mL over {period_min:g} min exceeds "
                     f"{URINE_MAX_ML_PER_H:g} mL/h ({KINDS[kind].range_source}): artefact")
+    available_ms = None
+    available_raw = raw.get("available_at")
+    if available_raw is not None and available_raw != "":
+        available_ms = parse_time_ms(available_raw)
+        if available_ms is None:
+            return Rejection("bad_time", f"available_at {available_raw!r} is not ISO 8601 with "
+                             "an offset or plausible epoch milliseconds")
+        if available_ms < t_ms:
+            return Rejection("inconsistent", f"available_at {available_raw} is before "
+                             f"observed_at {raw.get('observed_at')}: a value cannot be known "
+                             "before it was measured")
     source = raw.get("source")
     obs_id = raw.get("id")
     return Observation(
@@ -174,6 +188,7 @@ def normalise(raw: Mapping[str, Any]) -> Observation | Rejection:
         source if isinstance(source, str) else "",
         period_min,
         obs_id if isinstance(obs_id, str) else "",
+        available_ms,
     )
 
 

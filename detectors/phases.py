@@ -31,6 +31,7 @@ from detectors.alerts import SEVERITY_RANK, Alert, Evidence, make_alert
 from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, MIN_MS, Thresholds
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
 from detectors.criteria import hypotension as bp
+from detectors.interventions import Intervention, record
 from detectors.observation import Observation, PatientContext, Rejection, format_time
 from detectors.state import (
     BASELINE_KINDS,
@@ -91,14 +92,18 @@ def apply_context(state: PatientState | None, ctx: PatientContext) -> PatientSta
     return st
 
 
-def step(state: PatientState | None, obs: Observation,
+def step(state: PatientState | None, obs: Observation | Intervention,
          th: Thresholds = DEFAULT_THRESHOLDS) -> StepResult:
-    """Fold one validated observation into the patient's state and decide.
+    """Fold one validated observation or intervention into the patient's state and decide.
 
     The state object is updated in place and returned (callers own it; the worker stores it back
     in its table). An exact redelivery of a recent observation is recognised and ignored.
+    Interventions are only recorded in the state for now (``detectors.interventions``): they
+    raise no alert and change no decision yet.
     """
     st = state if state is not None else PatientState(obs.patient_id)
+    if isinstance(obs, Intervention):
+        return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs), None))
     t = obs.observed_at_ms
     # hash of ints and floats is not salted per process (only str/bytes are), so the
     # fingerprint of a redelivered observation is the same after a worker restart

@@ -14,7 +14,9 @@ Layout (short keys because the changelog stores this once per update):
 - ``wt``: weighings ``[t, kg]`` of the gain window (bounded), ``uo``: urine collections
   ``[start, end, mL]`` of the last day; ``last``: the latest reading of the other kinds (evidence);
 - ``bl``: admission baselines ``{kind: [t0, n, sum]}``; ``seen``: fingerprints of the last
-  observations, so an at-least-once redelivery is not counted twice.
+  observations, so an at-least-once redelivery is not counted twice;
+- ``iv``: the latest interventions per kind ``[start, end, amount, rate]`` of the last 48 h
+  (``detectors.interventions``; carried, not yet used by a decision).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class PatientState:
     uo_end: int = 0  # end of the last urine collection (for period_min = since the previous one)
     last: dict[str, list[float]] = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)
+    #: interventions per kind, ``[start, end, amount, rate]`` (``detectors.interventions``)
+    iv: dict[str, list[list[float | None]]] = field(default_factory=dict)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -70,7 +74,7 @@ class PatientState:
             d["sex"] = self.sex
         if self.weight_kg is not None:
             d["wkg"] = self.weight_kg
-        for key in ("bl", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen"):
+        for key in ("bl", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv"):
             value = getattr(self, key)
             if value:
                 d[key] = value
@@ -91,7 +95,7 @@ class PatientState:
             slots={int(k): v for k, v in d.get("slots", {}).items()}, fold=d.get("fold", []),
             hypo=d.get("hypo", []), norm=d.get("norm", []), labs=d.get("labs", {}),
             wt=d.get("wt", []), uo=d.get("uo", []), uo_end=d.get("ue", 0),
-            last=d.get("last", {}), seen=d.get("seen", []),
+            last=d.get("last", {}), seen=d.get("seen", []), iv=d.get("iv", {}),
         )
 
     def to_json(self) -> bytes:

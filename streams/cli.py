@@ -48,7 +48,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     return run_replay(args.observations, patients=args.patients, out=args.out,
                       rejects=args.rejects, sort=args.sort, plots=args.plots,
-                      thresholds=load_thresholds(args.thresholds), quiet=args.quiet)
+                      thresholds=load_thresholds(args.thresholds), quiet=args.quiet,
+                      interventions=args.interventions)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -279,11 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run recorded observations (CSV/Parquet) through the "
                                       "detectors and write alerts",
                        description="Replay long-format observations (patient_id, observed_at, "
-                                   "kind, value, unit [, source, period_min, id]) in file "
-                                   "(arrival) order through the detectors.")
+                                   "kind, value, unit [, source, period_min, id, "
+                                   "available_at]) in file (arrival) order through the "
+                                   "detectors, reading the file in chunks (memory does not "
+                                   "grow with it; --sort reads it whole).")
     p.add_argument("observations", help="CSV or Parquet file")
     p.add_argument("--patients", metavar="CONTEXT.csv",
-                   help="patient context: patient_id, sex, weight_kg, birth_year")
+                   help="patient context: patient_id, sex, weight_kg, birth_year; with admit "
+                        "and discharge times (or event and at) each stay is applied at its "
+                        "time, so a later admission is a new stay")
+    p.add_argument("--interventions", metavar="FILE",
+                   help="interventions (CSV/Parquet: patient_id, kind, started_at, ended_at, "
+                        "amount, amount_unit, rate, rate_unit, ...), merged in arrival order")
     p.add_argument("--out", metavar="ALERTS", help="alerts as JSON lines (.jsonl) or CSV (.csv)")
     p.add_argument("--rejects", metavar="FILE", help="rejected rows with reasons (.jsonl/.csv)")
     p.add_argument("--sort", action="store_true", help="sort by event time first (stable)")

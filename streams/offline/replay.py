@@ -1,10 +1,15 @@
 """Offline replay: recorded observations (CSV or Parquet, long format) through the same engine.
 
 Rows are processed in FILE order, which is taken as arrival order (as a stream would deliver them);
-``sort=True`` sorts by event time first (stable). Validation is vectorised with pandas for speed,
-but every row it would reject is passed to the scalar ``detectors.observation.normalise`` so that
-reasons and details are exactly the ones the stream worker dead-letters; accepted rows carry the
-same canonical values (tests/test_replay.py pins both).
+``sort=True`` sorts by event time first (stable; the whole file is then read at once). Otherwise
+the file is read in chunks (``streams.offline.sources``): memory does not grow with the file.
+Patient context and interventions are side events merged into that order at their time
+(``streams.offline.sources``, "Arrival order"), so an admission months later is a new stay.
+
+Validation is vectorised with pandas for speed, but every row it would reject is passed to the
+scalar ``detectors.observation.normalise`` so that reasons and details are exactly the ones the
+stream worker dead-letters; accepted rows carry the same canonical values (tests/test_replay.py
+pins both).
 """
 
 from __future__ import annotations
@@ -15,50 +20,55 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from detectors.alerts import Alert
 from detectors.config import DEFAULT_THRESHOLDS, Thresholds
-from detectors.observation import (
-    Observation,
-    Rejection,
-    normalise,
-    parse_context,
-)
+from detectors.observation import Observation, PatientContext, Rejection, normalise
 from detectors.phases import apply_context, flush, step
 from detectors.state import PatientState
-from detectors.units import KINDS, URINE_MAX_ML_PER_H, canonical_kind, unit_key
+from streams.offline.sources import (  # noqa: F401  (re-exported: the replay's public names)
+    BEFORE,
+    OPTIONAL,
+    REQUIRED,
+    ReplayError,
+    SideEvent,
+    SideInput,
+    arrival_ms,
+    iter_observations,
+    read_contexts,
+    read_interventions,
+    read_observations,
+    side_input,
+    validate,
+)
 
-REQUIRED = ("patient_id", "observed_at", "kind", "value", "unit")
-OPTIONAL = ("source", "period_min", "id")
-_ISO_WITH_OFFSET = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)$"
-
-
-class ReplayError(Exception):
-    """A file that cannot be replayed at all (missing, unreadable, wrong columns)."""
+_CANONICAL = ["patient_id", "kind", "value", "t", "period"]
 
 
 @dataclass
 class ReplayResult:
     alerts: list[Alert] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
-    observations: int = 0
-    accepted: int = 0
+    observations: int = 0  # rows read from the observations file
+    accepted: int = 0  # observations folded into a state (late ones included)
     duplicates: int = 0
     late: int = 0
+    interventions: int = 0  # interventions accepted into a state
+    contexts: int = 0  # context events applied (admissions, updates, discharges)
+    #: the live states at the end (discharged patients are forgotten, as in the stream)
     states: dict[str, PatientState] = field(default_factory=dict)
+    patients: set[str] = field(default_factory=set)  # every patient with an accepted row
     seconds: float = 0.0
-    #: canonical observations of the rows the bulk validation accepted (patient_id, kind,
-    #: value, t, period): what evaluation and plots read, without validating the file again
+    #: canonical observations of the accepted rows (patient_id, kind, value, t, period): what
+    #: evaluation and plots read, without validating the file again; only when asked for
     canonical: pd.DataFrame | None = None
 
     def rejects_by_reason(self) -> Counter[str]:
@@ -68,214 +78,218 @@ class ReplayResult:
         return Counter(f"{a.phase}/{a.severity}" for a in self.alerts)
 
 
-def read_observations(path: str | Path) -> pd.DataFrame:
-    """Read a long-format CSV or Parquet file; every column as text (validation decides)."""
-    p = Path(path)
-    if not p.exists():
-        raise ReplayError(f"observations file not found: {p}")
-    try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-            df = df.astype({c: "string" for c in df.columns if c not in ("value",)})
-        else:
-            df = pd.read_csv(p, dtype="string", keep_default_na=False, engine="pyarrow")
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise ReplayError(f"cannot read {p}: {exc}") from exc
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ReplayError(f"{p}: missing column(s) {', '.join(missing)}; "
-                          f"expected {', '.join(REQUIRED)} (+ optional {', '.join(OPTIONAL)})")
-    return df
-
-
-def read_contexts(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.exists():
-        raise ReplayError(f"patients file not found: {p}")
-    df = pd.read_csv(p, dtype="string", keep_default_na=False)
-    if "patient_id" not in df.columns:
-        raise ReplayError(f"{p}: needs a patient_id column (and sex, weight_kg, birth_year)")
-    return df.to_dict("records")
-
-
-def _epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised event time: (ms as int64, ok mask). ISO 8601 needs an explicit offset.
-
-    Fast path: Arrow's ISO 8601 cast of the whole column (it refuses a time without an offset,
-    as the contract does); any unparseable row sends the column to the row-wise path below.
-    """
-    try:
-        stamps = pc.cast(pa.array(times.to_numpy(dtype=object, na_value=None), pa.string()),
-                         pa.timestamp("ms", tz="UTC"))
-        ms = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if stamps.null_count == 0:
-            ok = (ms >= 631_152_000_000) & (ms < 7_258_118_400_000)
-            return ms.astype(np.int64), ok
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
-    text = times.fillna("").astype(str).str.strip()
-    ms = np.zeros(len(text), dtype=np.int64)
-    ok = np.zeros(len(text), dtype=bool)
-    iso = text.str.match(_ISO_WITH_OFFSET).to_numpy(dtype=bool, na_value=False)
-    rest = ~iso
-    if rest.any():
-        numeric = np.zeros(len(text), dtype=bool)
-        numeric[rest] = text[rest].str.fullmatch(r"-?\d{1,15}").to_numpy(dtype=bool,
-                                                                        na_value=False)
-        if numeric.any():
-            ms[numeric] = text[numeric].astype(np.int64).to_numpy()
-            ok[numeric] = True
-    if iso.any():
-        parsed = pd.to_datetime(text[iso], utc=True, errors="coerce", format="ISO8601")
-        good = parsed.notna().to_numpy()
-        idx = np.flatnonzero(iso)
-        vals = parsed.to_numpy(dtype="datetime64[ms]").astype(np.int64)
-        ms[idx[good]] = vals[good]
-        ok[idx[good]] = True
-    ok &= (ms >= 631_152_000_000) & (ms < 7_258_118_400_000)
-    return ms, ok
-
-
-def _numbers(column: pd.Series) -> np.ndarray:
-    """Floats, NaN where the text is not a number (fast path first: a clean numeric column)."""
-    try:
-        return column.astype("float64").to_numpy(dtype=float, na_value=np.nan)
-    except (ValueError, TypeError):
-        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-
-
-def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Canonical kind/value/time for every row the fast path accepts; mask of those rows."""
-    n = len(df)
-    kinds_raw = df["kind"].fillna("").astype("category")
-    kind = kinds_raw.map({k: canonical_kind(k) for k in kinds_raw.cat.categories}).astype(object)
-    value = _numbers(df["value"])
-    ok = kind.notna().to_numpy() & np.isfinite(value)
-    units = df["unit"].fillna("").astype(str)
-    canonical = np.full(n, np.nan)
-    pairs = pd.DataFrame({"k": kind, "u": units}).groupby(["k", "u"], sort=False).indices
-    for (k, u), idx in pairs.items():
-        spec = KINDS[k]
-        convert = spec.units.get(unit_key(u)) if u else spec.units.get(
-            unit_key(spec.canonical_unit))
-        if convert is None:
-            continue
-        converted = np.asarray(convert(value[idx]), dtype=float)
-        in_range = (converted >= spec.low) & (converted <= spec.high)
-        canonical[idx[in_range]] = converted[in_range]
-    ok &= np.isfinite(canonical)
-    t_ms, t_ok = _epoch_ms(df["observed_at"])
-    ok &= t_ok
-    period = np.full(n, np.nan)
-    if "period_min" in df.columns:
-        raw = df["period_min"].fillna("").astype(str)
-        given = (raw != "").to_numpy()
-        period[given] = pd.to_numeric(raw[given], errors="coerce").to_numpy(dtype=float)
-        is_urine = (kind == "urine_output").to_numpy()
-        bad = given & (~np.isfinite(period) | (period <= 0) | (period > 1440))
-        rate = np.divide(canonical, period / 60.0, out=np.zeros(n), where=period > 0)
-        bad |= given & is_urine & (rate > URINE_MAX_ML_PER_H)
-        ok &= ~(bad & is_urine)
-        period[~is_urine] = np.nan
-    pid = df["patient_id"].fillna("").astype(str).str.strip()
-    ok &= (pid != "").to_numpy()
-    out = pd.DataFrame({"patient_id": pid, "kind": kind, "value": canonical, "t": t_ms,
-                        "period": period})
-    return out, ok
-
-
 def _row_dict(df: pd.DataFrame, i: int) -> dict[str, Any]:
     row = {c: df[c].iat[i] for c in df.columns}
     return {k: (None if v is pd.NA else v) for k, v in row.items()}
 
 
-def replay_frame(df: pd.DataFrame, contexts: list[dict[str, Any]] | None = None,
-                 th: Thresholds = DEFAULT_THRESHOLDS, sort: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> ReplayResult:
-    """Run every row through normalise + step in file order (or event-time order).
+class _Batch(NamedTuple):
+    """One chunk ready for the loop: its rows in processing order and their observations."""
 
-    The cyclic garbage collector is paused meanwhile: building a million observation tuples
+    df: pd.DataFrame
+    rows: Sequence[int]  # file row (within the chunk) of each position
+    observations: list[Observation]
+    ok: list[bool]
+    offset: int  # rows read before this chunk
+
+
+class _Replay:
+    """The replay loop: chunks of rows in arrival order, side events applied in between."""
+
+    def __init__(self, side: SideInput, th: Thresholds, keep_canonical: bool,
+                 progress: Callable[[int, int | None], None] | None) -> None:
+        self.th = th
+        self.result = ReplayResult(rejects=list(side.rejects))
+        self.events = side.events
+        self.next_event = 0
+        self.clock = np.iinfo(np.int64).min
+        self.keep_canonical = keep_canonical
+        self.canonical: list[pd.DataFrame] = []
+        self.progress = progress
+        self.counts = {"accepted": 0, "duplicate": 0, "late": 0, "rejected": 0}
+
+    def feed(self, df: pd.DataFrame, sort: bool = False) -> None:
+        """Replay one chunk (``sort``: in event-time order; only for a whole file)."""
+        offset = self.result.observations
+        n = len(df)
+        self.result.observations += n
+        if not n:
+            return
+        norm, ok = validate(df)
+        if self.keep_canonical:
+            self.canonical.append(norm.loc[ok, _CANONICAL])
+        arrival = arrival_ms(norm, ok)
+        rows: Sequence[int] = range(n)
+        if sort:
+            order = np.argsort(np.where(ok, norm["t"].to_numpy(), np.iinfo(np.int64).max),
+                               kind="stable")
+            arrival = np.where(ok, norm["t"].to_numpy(), arrival)[order]
+            norm, ok, rows = norm.iloc[order], ok[order], order.tolist()
+        clock = np.maximum(np.maximum.accumulate(arrival), self.clock)
+        self.clock = int(clock[-1])
+        avail = norm["avail"].to_numpy()
+        # Observations for all rows at C speed; rows the fast path rejected are never read
+        observations = list(map(partial(tuple.__new__, Observation), zip(
+            norm["patient_id"].tolist(), norm["kind"].tolist(), norm["value"].tolist(),
+            norm["t"].tolist(), _text(df, "source", rows), _periods(norm),
+            _text(df, "id", rows), [a if a >= 0 else None for a in avail.tolist()],
+            strict=True)))
+        batch = _Batch(df, rows, observations, ok.tolist(), offset)
+        start = 0
+        for pos, event in self._events_within(clock):
+            self._rows(batch, start, pos)
+            self._apply(event)
+            start = pos
+        self._rows(batch, start, n)
+
+    def _events_within(self, clock: np.ndarray) -> Iterator[tuple[int, SideEvent]]:
+        """Side events due before a row of this chunk, with the row's position."""
+        events, n = self.events, len(clock)
+        while self.next_event < len(events):
+            event = events[self.next_event]
+            if event.at_ms is None:
+                pos = 0
+            else:
+                pos = int(np.searchsorted(clock, event.at_ms,
+                                          "left" if event.rank == BEFORE else "right"))
+            if pos >= n:
+                return
+            self.next_event += 1
+            yield pos, event
+
+    def _apply(self, event: SideEvent) -> None:
+        value = event.value
+        states = self.result.states
+        pid = value.patient_id
+        if isinstance(value, PatientContext):
+            self.result.contexts += 1
+            if value.event == "discharge":
+                st = states.pop(pid, None)
+                if st is not None:  # the decision a lab panel waits for, before forgetting
+                    self.result.alerts.extend(flush(st, self.th))
+                return
+            states[pid] = apply_context(states.get(pid), value)  # type: ignore[assignment]
+            return
+        r = step(states.get(pid), value, self.th)
+        states[pid] = r.state
+        if r.status == "accepted":
+            self.result.interventions += 1
+
+    def _rows(self, batch: _Batch, start: int, stop: int) -> None:
+        """Rows ``start:stop`` of a chunk (positions in processing order)."""
+        df, rows, observations, ok_list, offset = batch
+        result, th, counts = self.result, self.th, self.counts
+        states = result.states
+        states_get = states.get
+        alerts = result.alerts
+        seen = result.patients
+        progress = self.progress
+        for j in range(start, stop):
+            if progress is not None and not j % 50_000:
+                progress(offset + j, None)
+            if ok_list[j]:
+                o = observations[j]
+            else:
+                i = rows[j]
+                checked = normalise(_row_dict(df, i))
+                if isinstance(checked, Rejection):
+                    result.rejects.append({"file": "observations", "row": offset + i + 2,
+                                           "reason": checked.reason, "detail": checked.detail,
+                                           "input": _row_dict(df, i)})
+                    continue
+                o = checked
+            pid = o.patient_id
+            state = states_get(pid)
+            r = step(state, o, th)
+            if state is None:
+                states[pid] = r.state
+                seen.add(pid)
+            status = r.status
+            counts[status] += 1
+            if status != "accepted":
+                if r.rejection is not None:
+                    i = rows[j]
+                    result.rejects.append({"file": "observations", "row": offset + i + 2,
+                                           "reason": r.rejection.reason,
+                                           "detail": r.rejection.detail,
+                                           "input": _row_dict(df, i)})
+            elif r.alerts:
+                alerts.extend(r.alerts)
+
+    def finish(self) -> ReplayResult:
+        for event in self.events[self.next_event:]:
+            self._apply(event)
+        self.next_event = len(self.events)
+        result = self.result
+        for state in result.states.values():
+            result.alerts.extend(flush(state, self.th))
+        c = self.counts
+        result.accepted = c["accepted"] + c["late"]
+        result.duplicates = c["duplicate"]
+        result.late = c["late"]
+        if self.keep_canonical:
+            result.canonical = (pd.concat(self.canonical, ignore_index=True) if self.canonical
+                                else pd.DataFrame(columns=_CANONICAL))
+        if self.progress is not None:
+            self.progress(result.observations, result.observations)
+        return result
+
+
+def _text(df: pd.DataFrame, column: str, rows: Sequence[int]) -> list[str]:
+    if column not in df:
+        return [""] * len(rows)
+    col = df[column] if isinstance(rows, range) else df[column].iloc[list(rows)]
+    return col.fillna("").astype(str).tolist()
+
+
+def _periods(norm: pd.DataFrame) -> list[float | None]:
+    period = norm["period"]
+    if not period.notna().any():
+        return [None] * len(period)
+    return period.astype(object).where(period.notna(), None).tolist()
+
+
+def _without_gc(run: Callable[[], ReplayResult]) -> ReplayResult:
+    """The cyclic garbage collector is paused meanwhile: building a million observation tuples
     otherwise triggers it over and over (1.7 s instead of 0.5 s per million rows), and nothing
-    the replay allocates forms a reference cycle.
-    """
+    the replay allocates forms a reference cycle."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay_frame(df, contexts, th, sort, progress)
+        return run()
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _replay_frame(df: pd.DataFrame, contexts: list[dict[str, Any]] | None, th: Thresholds,
-                  sort: bool, progress: Callable[[int, int], None] | None) -> ReplayResult:
-    started = time.perf_counter()
-    result = ReplayResult(observations=len(df))
-    states = result.states
-    for raw in contexts or []:
-        ctx = parse_context(raw)
-        if isinstance(ctx, Rejection):
-            result.rejects.append({"row": None, "reason": ctx.reason, "detail": ctx.detail,
-                                   "input": raw})
-            continue
-        state = apply_context(states.get(ctx.patient_id), ctx)
-        if state is not None:
-            states[ctx.patient_id] = state
-    norm, ok = validate(df)
-    result.canonical = norm[ok]
-    order = np.arange(len(df))
-    if sort:
-        order = order[np.argsort(np.where(ok, norm["t"].to_numpy(), np.iinfo(np.int64).max),
-                                 kind="stable")]
-    n_rows = len(df)
-    periods = norm["period"].astype(object).where(norm["period"].notna(), None).tolist()
-    sources = (df["source"].fillna("").astype(str).tolist() if "source" in df
-               else [""] * n_rows)
-    ids = df["id"].fillna("").astype(str).tolist() if "id" in df else [""] * n_rows
-    # Observations for all rows at C speed; rows the fast path rejected are never read from it
-    observations = list(map(partial(tuple.__new__, Observation), zip(
-        norm["patient_id"].tolist(), norm["kind"].tolist(), norm["value"].tolist(),
-        norm["t"].tolist(), sources, periods, ids, strict=True)))
-    ok_list = ok.tolist()
-    alerts = result.alerts
-    counts = {"accepted": 0, "duplicate": 0, "late": 0, "rejected": 0}
-    states_get = states.get
-    rows: Sequence[int] = order.tolist() if sort else range(n_rows)
-    chunk = max(1, n_rows // 50)
-    for start in range(0, n_rows, chunk):
-        if progress is not None:
-            progress(start, n_rows)
-        for i in rows[start:start + chunk]:
-            if ok_list[i]:
-                obs = observations[i]
-            else:
-                checked = normalise(_row_dict(df, i))
-                if isinstance(checked, Rejection):
-                    result.rejects.append({"row": i + 2, "reason": checked.reason,
-                                           "detail": checked.detail, "input": _row_dict(df, i)})
-                    continue
-                obs = checked
-            state = states_get(obs.patient_id)
-            r = step(state, obs, th)
-            if state is None:
-                states[obs.patient_id] = r.state
-            if r.status != "accepted":
-                counts[r.status] += 1
-                if r.rejection is not None:
-                    result.rejects.append({"row": i + 2, "reason": r.rejection.reason,
-                                           "detail": r.rejection.detail,
-                                           "input": _row_dict(df, i)})
-            elif r.alerts:
-                alerts.extend(r.alerts)
-    for state in states.values():
-        alerts.extend(flush(state, th))
-    if progress is not None:
-        progress(len(df), len(df))
-    result.accepted = len(observations) - len(result.rejects) - counts["duplicate"]
-    result.duplicates = counts["duplicate"]
-    result.late = counts["late"]
-    result.seconds = time.perf_counter() - started
-    return result
+def replay_frame(df: pd.DataFrame, contexts: list[dict[str, Any]] | None = None,
+                 th: Thresholds = DEFAULT_THRESHOLDS, sort: bool = False,
+                 progress: Callable[[int, int | None], None] | None = None,
+                 interventions: list[dict[str, Any]] | None = None,
+                 keep_canonical: bool = True) -> ReplayResult:
+    """Run every row of an in-memory frame through normalise + step in file order (or
+    event-time order), with the context and intervention rows as side events."""
+    return replay_chunks([df], contexts, th, sort=sort, progress=progress,
+                         interventions=interventions, keep_canonical=keep_canonical)
+
+
+def replay_chunks(chunks: Iterable[pd.DataFrame], contexts: list[dict[str, Any]] | None = None,
+                  th: Thresholds = DEFAULT_THRESHOLDS, sort: bool = False,
+                  progress: Callable[[int, int | None], None] | None = None,
+                  interventions: list[dict[str, Any]] | None = None,
+                  keep_canonical: bool = False) -> ReplayResult:
+    """The replay over consecutive chunks of one file (``iter_observations``): the same
+    alerts as one frame of the whole file, in memory bounded by the chunk size."""
+    def run() -> ReplayResult:
+        started = time.perf_counter()
+        loop = _Replay(side_input(contexts, interventions), th, keep_canonical, progress)
+        for df in chunks:
+            loop.feed(df, sort=sort)
+        result = loop.finish()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    return _without_gc(run)
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -306,9 +320,9 @@ def write_rejects(rejects: list[dict[str, Any]], path: str | Path) -> None:
     with p.open("w", encoding="utf-8", newline="") as f:
         if p.suffix.lower() == ".csv":
             w = csv.writer(f)
-            w.writerow(("row", "reason", "detail", "input"))
+            w.writerow(("file", "row", "reason", "detail", "input"))
             for r in rejects:
-                w.writerow((r["row"], r["reason"], r["detail"],
+                w.writerow((r.get("file", "observations"), r["row"], r["reason"], r["detail"],
                             json.dumps(r["input"], default=str)))
         else:
             for r in rejects:
@@ -317,13 +331,17 @@ def write_rejects(rejects: list[dict[str, Any]], path: str | Path) -> None:
 
 def summary_lines(result: ReplayResult) -> Iterator[str]:
     rate = result.observations / result.seconds if result.seconds else 0.0
-    yield (f"patients {len(result.states):>8}   observations {result.observations:>10}   "
+    yield (f"patients {len(result.patients):>8}   observations {result.observations:>10}   "
            f"accepted {result.accepted:>10}   duplicates {result.duplicates}   "
            f"late vitals {result.late}")
+    if result.contexts or result.interventions:
+        yield (f"context events applied {result.contexts}   interventions accepted "
+               f"{result.interventions}")
     yield f"time {result.seconds:.2f} s   ({rate:,.0f} observations/s)"
     yield "rejected by reason:" + ("" if result.rejects else " none")
-    for reason, n in result.rejects_by_reason().most_common():
-        yield f"  {reason:<16} {n:>8}"
+    by_file = Counter((r.get("file", "observations"), r["reason"]) for r in result.rejects)
+    for (file, reason), n in by_file.most_common():
+        yield f"  {file:<14} {reason:<16} {n:>8}"
     yield "alerts by phase/severity:" + ("" if result.alerts else " none")
     for key, n in sorted(result.alerts_by_phase().items()):
         yield f"  {key:<20} {n:>8}"
@@ -332,36 +350,44 @@ def summary_lines(result: ReplayResult) -> Iterator[str]:
 class Progress:
     """A one-line progress indicator on a terminal (silent when not a TTY, e.g. in CI)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, what: str = "rows") -> None:
         self.stream = stream
+        self.what = what
         self.enabled = stream.isatty()
         self.started = time.perf_counter()
+        self.shown = False
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total < 100_000:
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled or (done < 100_000 and not self.shown):
             return
+        self.shown = True
         elapsed = time.perf_counter() - self.started
-        pct = done / total * 100 if total else 100.0
         rate = done / elapsed if elapsed else 0.0
-        self.stream.write(f"\r  {pct:5.1f} %  {done:>10,}/{total:,} rows  {rate:,.0f}/s ")
-        if done >= total:
+        share = f"{done / total * 100:5.1f} %  " if total else ""
+        self.stream.write(f"\r  {share}{done:>12,} {self.what}  {rate:,.0f}/s  "
+                          f"{elapsed:6.1f} s ")
+        if total is not None and done >= total:
             self.stream.write("\n")
         self.stream.flush()
 
 
 def run_replay(observations: str, *, patients: str | None = None, out: str | None = None,
                rejects: str | None = None, sort: bool = False, plots: str | None = None,
-               thresholds: Thresholds = DEFAULT_THRESHOLDS, quiet: bool = False) -> int:
+               thresholds: Thresholds = DEFAULT_THRESHOLDS, quiet: bool = False,
+               interventions: str | None = None) -> int:
     """``clsmon replay``: replay a file, write alerts, rejects and plots, print a summary.
 
+    The file is read in chunks unless ``sort`` (memory bounded by the chunk, not the file).
     Returns the exit code (0). Raises ``ReplayError`` for a file that cannot be replayed.
     """
     from streams.offline.plots import write_timelines
 
-    df = read_observations(observations)
     contexts = read_contexts(patients) if patients else None
-    result = replay_frame(df, contexts, thresholds, sort=sort,
-                          progress=None if quiet else Progress())
+    given = read_interventions(interventions) if interventions else None
+    chunks = [read_observations(observations)] if sort else iter_observations(observations)
+    result = replay_chunks(chunks, contexts, thresholds, sort=sort,
+                           progress=None if quiet else Progress(),
+                           interventions=given, keep_canonical=bool(plots))
     if out:
         write_alerts(result.alerts, out)
     if rejects:
@@ -377,4 +403,3 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
         if plots:
             print(f"{written} timeline plots written to {plots}")
     return 0
-

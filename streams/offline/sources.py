@@ -1,0 +1,357 @@
+"""The replay's inputs: observation files read in chunks, validated in bulk; patient context and
+interventions as time-stamped side events merged into the observations' arrival order.
+
+Observations (CSV or Parquet, long format) are read ``chunk_rows`` at a time (pyarrow's streaming
+CSV reader, Parquet record batches), so memory does not grow with the file. ``validate`` turns a
+chunk into canonical kind/value/time with pandas; every row it refuses goes through the scalar
+``detectors.observation.normalise`` in the replay, so reasons are the stream's.
+
+**Arrival order.** A file's rows are in arrival order (as a stream delivers them). Each row's
+arrival time is its ``available_at`` when the file has one, else its ``observed_at``; the running
+maximum of that time is the replay's clock. A side event (a context row at its ``at``/``admit``/
+``discharge`` time, an intervention at its ``available_at``, else ``started_at``) is applied
+just before the first row whose clock reaches its time: admissions, updates and interventions
+before a row of the same time, a discharge after it. A context row without a time applies before
+everything (the context files of earlier versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detectors.interventions import Intervention, parse_intervention
+from detectors.observation import PatientContext, Rejection, parse_context, parse_time_ms
+from detectors.units import KINDS, URINE_MAX_ML_PER_H, canonical_kind, unit_key
+
+REQUIRED = ("patient_id", "observed_at", "kind", "value", "unit")
+OPTIONAL = ("source", "period_min", "id", "available_at")
+INTERVENTION_REQUIRED = ("patient_id", "kind", "started_at")
+_ISO_WITH_OFFSET = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)$"
+_MIN_MS, _MAX_MS = 631_152_000_000, 7_258_118_400_000  # detectors.observation's bounds
+#: rows per chunk: ~100 MB of Arrow strings at most for a long-format file
+CHUNK_ROWS = 500_000
+_FIRST = np.iinfo(np.int64).min
+
+
+class ReplayError(Exception):
+    """A file that cannot be replayed at all (missing, unreadable, wrong columns)."""
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ReplayError(f"{path}: missing column(s) {', '.join(missing)}; "
+                          f"expected {', '.join(REQUIRED)} (+ optional {', '.join(OPTIONAL)})")
+
+
+def _is_parquet(p: Path) -> bool:
+    return p.suffix.lower() in (".parquet", ".pq")
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({c: "string" for c in df.columns if c != "value"})
+
+
+def read_observations(path: str | Path) -> pd.DataFrame:
+    """The whole file at once (``--sort`` and small files); every column as text."""
+    p = Path(path)
+    if not p.exists():
+        raise ReplayError(f"observations file not found: {p}")
+    try:
+        if _is_parquet(p):
+            df = _as_text(pd.read_parquet(p))
+        else:
+            df = pd.read_csv(p, dtype="string", keep_default_na=False, engine="pyarrow")
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise ReplayError(f"cannot read {p}: {exc}") from exc
+    _check_columns(p, list(df.columns))
+    return df
+
+
+def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS
+                      ) -> Iterator[pd.DataFrame]:
+    """The file in chunks of about ``chunk_rows`` rows, every column as text, in file order."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise ReplayError(f"observations file not found: {p}")
+    try:
+        if _is_parquet(p):
+            pf = pq.ParquetFile(p)
+            _check_columns(p, pf.schema_arrow.names)
+            batches: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=chunk_rows)
+        else:
+            with p.open("rb") as f:
+                header = f.readline().decode("utf-8-sig").strip().split(",")
+            names = [h.strip().strip('"') for h in header]
+            _check_columns(p, names)
+            reader = pacsv.open_csv(
+                p, read_options=pacsv.ReadOptions(block_size=64 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=False, quoted_strings_can_be_null=False))
+            batches = iter(reader)
+        pending: list[pa.RecordBatch] = []
+        size = 0
+        for batch in batches:
+            pending.append(batch)
+            size += batch.num_rows
+            if size >= chunk_rows:
+                yield _chunk(pending)
+                pending, size = [], 0
+        if pending:
+            yield _chunk(pending)
+    except ReplayError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for unreadable files
+        raise ReplayError(f"cannot read {p}: {exc}") from exc
+
+
+def _chunk(batches: list[pa.RecordBatch]) -> pd.DataFrame:
+    return _as_text(pa.Table.from_batches(batches).to_pandas())
+
+
+# --- bulk validation ------------------------------------------------------------------------
+
+def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised event time: (ms as int64, ok mask). ISO 8601 needs an explicit offset.
+
+    Fast path: Arrow's ISO 8601 cast of the whole column (it refuses a time without an offset,
+    as the contract does); any unparseable row sends the column to the row-wise path below.
+    """
+    try:
+        stamps = pc.cast(pa.array(times.to_numpy(dtype=object, na_value=None), pa.string()),
+                         pa.timestamp("ms", tz="UTC"))
+        ms = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if stamps.null_count == 0:
+            ok = (ms >= _MIN_MS) & (ms < _MAX_MS)
+            return ms.astype(np.int64), ok
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    text = times.fillna("").astype(str).str.strip()
+    ms = np.zeros(len(text), dtype=np.int64)
+    ok = np.zeros(len(text), dtype=bool)
+    iso = text.str.match(_ISO_WITH_OFFSET).to_numpy(dtype=bool, na_value=False)
+    rest = ~iso
+    if rest.any():
+        numeric = np.zeros(len(text), dtype=bool)
+        numeric[rest] = text[rest].str.fullmatch(r"-?\d{1,15}").to_numpy(dtype=bool,
+                                                                        na_value=False)
+        if numeric.any():
+            ms[numeric] = text[numeric].astype(np.int64).to_numpy()
+            ok[numeric] = True
+    if iso.any():
+        parsed = pd.to_datetime(text[iso], utc=True, errors="coerce", format="ISO8601")
+        good = parsed.notna().to_numpy()
+        idx = np.flatnonzero(iso)
+        vals = parsed.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+        ms[idx[good]] = vals[good]
+        ok[idx[good]] = True
+    ok &= (ms >= _MIN_MS) & (ms < _MAX_MS)
+    return ms, ok
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """Floats, NaN where the text is not a number (fast path first: a clean numeric column)."""
+    try:
+        return column.astype("float64").to_numpy(dtype=float, na_value=np.nan)
+    except (ValueError, TypeError):
+        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Canonical kind/value/time for every row the fast path accepts; mask of those rows.
+
+    Columns of the result: patient_id, kind, value, t (event time, epoch ms), period (urine
+    minutes or NaN), avail (epoch ms the value became available; -1 when the file has none).
+    """
+    n = len(df)
+    kinds_raw = df["kind"].fillna("").astype("category")
+    kind = kinds_raw.map({k: canonical_kind(k) for k in kinds_raw.cat.categories}).astype(object)
+    value = _numbers(df["value"])
+    ok = kind.notna().to_numpy() & np.isfinite(value)
+    units = df["unit"].fillna("").astype(str)
+    canonical = np.full(n, np.nan)
+    pairs = pd.DataFrame({"k": kind, "u": units}).groupby(["k", "u"], sort=False).indices
+    for (k, u), idx in pairs.items():
+        spec = KINDS[k]
+        convert = spec.units.get(unit_key(u)) if u else spec.units.get(
+            unit_key(spec.canonical_unit))
+        if convert is None:
+            continue
+        converted = np.asarray(convert(value[idx]), dtype=float)
+        in_range = (converted >= spec.low) & (converted <= spec.high)
+        canonical[idx[in_range]] = converted[in_range]
+    ok &= np.isfinite(canonical)
+    t_ms, t_ok = epoch_ms(df["observed_at"])
+    ok &= t_ok
+    avail = np.full(n, -1, dtype=np.int64)
+    if "available_at" in df.columns:
+        raw = df["available_at"].fillna("").astype(str)
+        given = (raw != "").to_numpy()
+        if given.any():
+            a_ms, a_ok = epoch_ms(raw[given])
+            idx = np.flatnonzero(given)
+            avail[idx] = a_ms
+            ok[idx] &= a_ok & (a_ms >= t_ms[idx])
+    period = np.full(n, np.nan)
+    if "period_min" in df.columns:
+        raw = df["period_min"].fillna("").astype(str)
+        given = (raw != "").to_numpy()
+        period[given] = pd.to_numeric(raw[given], errors="coerce").to_numpy(dtype=float)
+        is_urine = (kind == "urine_output").to_numpy()
+        bad = given & (~np.isfinite(period) | (period <= 0) | (period > 1440))
+        rate = np.divide(canonical, period / 60.0, out=np.zeros(n), where=period > 0)
+        bad |= given & is_urine & (rate > URINE_MAX_ML_PER_H)
+        ok &= ~(bad & is_urine)
+        period[~is_urine] = np.nan
+    pid = df["patient_id"].fillna("").astype(str).str.strip()
+    ok &= (pid != "").to_numpy()
+    out = pd.DataFrame({"patient_id": pid, "kind": kind, "value": canonical, "t": t_ms,
+                        "period": period, "avail": avail})
+    return out, ok
+
+
+def arrival_ms(norm: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """Each row's arrival time (available_at, else observed_at; rows refused: no time)."""
+    t = norm["t"].to_numpy()
+    avail = norm["avail"].to_numpy()
+    return np.where(ok, np.where(avail >= 0, avail, t), _FIRST)
+
+
+# --- side events: patient context and interventions -------------------------------------------
+
+#: tie-break rank of side events against an observation of the same arrival time
+BEFORE, AFTER = 0, 2
+
+
+@dataclass(frozen=True, slots=True)
+class SideEvent:
+    """A context or an intervention, applied when the observations' clock reaches ``at_ms``
+    (``None``: before everything)."""
+
+    at_ms: int | None
+    rank: int  # BEFORE a row of the same time (admit, update, intervention) or AFTER it
+    seq: int  # file order among events of the same time
+    value: PatientContext | Intervention
+
+    def key(self) -> tuple[int, int, int]:
+        return (_FIRST if self.at_ms is None else self.at_ms, self.rank, self.seq)
+
+
+@dataclass(slots=True)
+class SideInput:
+    """The side events of a replay, sorted, and the rows refused while reading them."""
+
+    events: list[SideEvent]
+    rejects: list[dict[str, Any]]
+
+
+def _read_table(path: str | Path, what: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise ReplayError(f"{what} file not found: {p}")
+    try:
+        if _is_parquet(p):
+            return _as_text(pd.read_parquet(p)).fillna("")
+        return pd.read_csv(p, dtype="string", keep_default_na=False)
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise ReplayError(f"cannot read {p}: {exc}") from exc
+
+
+def read_contexts(path: str | Path) -> list[dict[str, Any]]:
+    """Context rows: ``patient_id, sex, weight_kg, birth_year`` and optionally ``event`` with
+    ``at``, or ``admit`` and ``discharge`` times (one row per stay, see ``context_events``)."""
+    df = _read_table(path, "patients")
+    if "patient_id" not in df.columns:
+        raise ReplayError(f"{path}: needs a patient_id column (and sex, weight_kg, birth_year)")
+    return df.to_dict("records")
+
+
+def read_interventions(path: str | Path) -> list[dict[str, Any]]:
+    """Intervention rows (``patient_id, kind, started_at`` and the optional columns of
+    ``detectors.interventions.parse_intervention``)."""
+    df = _read_table(path, "interventions")
+    missing = [c for c in INTERVENTION_REQUIRED if c not in df.columns]
+    if missing:
+        raise ReplayError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                          f"{', '.join(INTERVENTION_REQUIRED)}, amount, amount_unit, rate, "
+                          "rate_unit, ended_at, ...")
+    return df.to_dict("records")
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if v is pd.NA or v == "" else v) for k, v in row.items()}
+
+
+def context_events(rows: list[dict[str, Any]], side: SideInput, seq: int = 0) -> int:
+    """Expand context rows into side events. A row with ``at`` is one event (its ``event``,
+    default admit) at that time; a row with ``admit`` (and ``discharge``) is an admit event at
+    its admission and a discharge event at its discharge, so a later admission is a new stay;
+    a row with neither applies before everything. Returns the next ``seq``."""
+    for i, raw in enumerate(rows):
+        row = _clean(raw)
+        ctx = parse_context(row)
+        if isinstance(ctx, Rejection):
+            side.rejects.append({"file": "patients", "row": i + 2, "reason": ctx.reason,
+                                 "detail": ctx.detail, "input": raw})
+            continue
+        times: list[tuple[str, str | None]] = []
+        if row.get("at") is not None:
+            times = [(ctx.event, "at")]
+        elif row.get("admit") is not None:
+            times = [("admit", "admit")]
+            if row.get("discharge") is not None:
+                times.append(("discharge", "discharge"))
+        else:
+            times = [(ctx.event, None)]
+        parsed: list[tuple[str, int | None]] = []
+        for event, column in times:
+            at = None if column is None else parse_time_ms(row[column])
+            if column is not None and at is None:
+                side.rejects.append({"file": "patients", "row": i + 2, "reason": "bad_time",
+                                     "detail": f"{column} {row[column]!r} is not ISO 8601 "
+                                               "with an offset or epoch milliseconds",
+                                     "input": raw})
+                break
+            parsed.append((event, at))
+        else:
+            for event, at in parsed:
+                rank = AFTER if event == "discharge" else BEFORE
+                side.events.append(SideEvent(at, rank, seq, ctx._replace(event=event)))
+                seq += 1
+    return seq
+
+
+def intervention_events(rows: list[dict[str, Any]], side: SideInput, seq: int = 0) -> int:
+    """Validate intervention rows into side events at their availability (else start) time."""
+    for i, raw in enumerate(rows):
+        iv = parse_intervention(_clean(raw))
+        if isinstance(iv, Rejection):
+            side.rejects.append({"file": "interventions", "row": i + 2, "reason": iv.reason,
+                                 "detail": iv.detail, "input": raw})
+            continue
+        at = iv.available_at_ms if iv.available_at_ms is not None else iv.started_at_ms
+        side.events.append(SideEvent(at, BEFORE, seq, iv))
+        seq += 1
+    return seq
+
+
+def side_input(contexts: list[dict[str, Any]] | None,
+               interventions: list[dict[str, Any]] | None) -> SideInput:
+    """Contexts and interventions as one sorted list of side events."""
+    side = SideInput([], [])
+    seq = context_events(contexts or [], side)
+    intervention_events(interventions or [], side, seq)
+    side.events.sort(key=SideEvent.key)
+    return side
