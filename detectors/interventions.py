@@ -11,7 +11,8 @@ reason codes as observations (``missing_field``, ``unknown_kind``, ``unknown_uni
 the replay's rejects file speak one language.
 
 ``record`` folds a validated intervention into ``PatientState.iv``: per kind, the latest few
-rows ``[start_ms, end_ms, amount, rate]`` sorted by start (order-free, bounded, redelivery-safe).
+rows ``[start_ms, end_ms, amount, rate, tag]`` sorted by start (order-free, bounded,
+redelivery-safe).
 Issue 12 only carries them into the state; the detectors use them from issue 13 on.
 
 Kinds and canonical units:
@@ -29,6 +30,7 @@ vascular tone, so it is not the "pressure held by a vasopressor" confounder.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -232,9 +234,12 @@ IV_HORIZON_MS = 48 * 3_600_000
 
 
 def as_row(iv: Intervention) -> list[float | None]:
-    """The state row ``[start_ms, end_ms, amount, rate]`` (end = start for a one-time dose)."""
+    """The state row ``[start_ms, end_ms, amount, rate, tag]`` (end = start for a one-time
+    dose). ``tag`` (CRC-32 of the id, else the agent) tells two records of the same time and
+    amount apart (two bags hung together) while a redelivery of one record stays a duplicate."""
     end = iv.ended_at_ms if iv.ended_at_ms is not None else iv.started_at_ms
-    return [iv.started_at_ms, end, iv.amount, iv.rate]
+    tag = zlib.crc32((iv.id or iv.agent).encode()) & 0xFFFF
+    return [iv.started_at_ms, end, iv.amount, iv.rate, tag]
 
 
 def record(st: PatientState, iv: Intervention) -> str:

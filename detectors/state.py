@@ -15,7 +15,7 @@ Layout (short keys because the changelog stores this once per update):
   ``[start, end, mL]`` of the last day; ``last``: the latest reading of the other kinds (evidence);
 - ``bl``: admission baselines ``{kind: [t0, n, sum]}``; ``seen``: fingerprints of the last
   observations, so an at-least-once redelivery is not counted twice;
-- ``iv``: the latest interventions per kind ``[start, end, amount, rate]`` of the last 48 h
+- ``iv``: the latest interventions per kind ``[start, end, amount, rate, tag]`` of the last 48 h
   (``detectors.interventions``; carried, not yet used by a decision).
 """
 
@@ -60,7 +60,7 @@ class PatientState:
     uo_end: int = 0  # end of the last urine collection (for period_min = since the previous one)
     last: dict[str, list[float]] = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)
-    #: interventions per kind, ``[start, end, amount, rate]`` (``detectors.interventions``)
+    #: interventions per kind, ``[start, end, amount, rate, tag]`` (``detectors.interventions``)
     iv: dict[str, list[list[float | None]]] = field(default_factory=dict)
 
     # --- serialisation ------------------------------------------------------------------------

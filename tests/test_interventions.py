@@ -70,11 +70,14 @@ def test_the_step_records_an_intervention_without_an_alert() -> None:
     assert isinstance(parsed, Intervention)
     result = step(None, parsed)
     assert result.status == "accepted" and list(result.alerts) == []
-    assert result.state.iv["rc"] == [[parsed.started_at_ms, parsed.ended_at_ms, 375.0, None]]
+    assert result.state.iv["rc"][0][:4] == [parsed.started_at_ms, parsed.ended_at_ms, 375.0,
+                                            None]
     again = step(result.state, parsed)  # an at-least-once redelivery
     assert again.status == "duplicate" and len(again.state.iv["rc"]) == 1
     restored = PatientState.from_json(result.state.to_json())
     assert restored.iv == result.state.iv
+    other_bag = step(result.state, parsed._replace(id="bag-2"))  # same time and volume
+    assert other_bag.status == "accepted" and len(other_bag.state.iv["rc"]) == 2
 
 
 def test_the_intervention_state_stays_small_and_bounded() -> None:

@@ -62,6 +62,7 @@ class ReplayResult:
     duplicates: int = 0
     late: int = 0
     interventions: int = 0  # interventions accepted into a state
+    intervention_duplicates: int = 0  # the same record twice (a redelivery)
     contexts: int = 0  # context events applied (admissions, updates, discharges)
     #: the live states at the end (discharged patients are forgotten, as in the stream)
     states: dict[str, PatientState] = field(default_factory=dict)
@@ -174,6 +175,8 @@ class _Replay:
         states[pid] = r.state
         if r.status == "accepted":
             self.result.interventions += 1
+        else:
+            self.result.intervention_duplicates += 1
 
     def _rows(self, batch: _Batch, start: int, stop: int) -> None:
         """Rows ``start:stop`` of a chunk (positions in processing order)."""
@@ -203,9 +206,10 @@ class _Replay:
             r = step(state, o, th)
             if state is None:
                 states[pid] = r.state
-                seen.add(pid)
             status = r.status
             counts[status] += 1
+            if status != "rejected":
+                seen.add(pid)
             if status != "accepted":
                 if r.rejection is not None:
                     i = rows[j]
@@ -336,7 +340,7 @@ def summary_lines(result: ReplayResult) -> Iterator[str]:
            f"late vitals {result.late}")
     if result.contexts or result.interventions:
         yield (f"context events applied {result.contexts}   interventions accepted "
-               f"{result.interventions}")
+               f"{result.interventions}   duplicates {result.intervention_duplicates}")
     yield f"time {result.seconds:.2f} s   ({rate:,.0f} observations/s)"
     yield "rejected by reason:" + ("" if result.rejects else " none")
     by_file = Counter((r.get("file", "observations"), r["reason"]) for r in result.rejects)
