@@ -170,7 +170,7 @@ def table_path(directory: Path, name: str) -> Path:
 def read_table(directory: Path, name: str, **kwargs: object) -> pd.DataFrame:
     path = table_path(directory, name)
     try:
-        return pd.read_csv(path, **kwargs)  # type: ignore[call-overload]
+        return pd.read_csv(path, **kwargs)
     except ValueError as exc:  # e.g. a column the release does not have
         raise Mimic3Error(f"cannot read {path}: {exc}") from exc
 
