@@ -57,7 +57,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     return run_evaluate(args.observations, truth=args.truth, patients=args.patients,
                         report=args.report, plots=args.plots,
-                        thresholds=load_thresholds(args.thresholds))
+                        thresholds=load_thresholds(args.thresholds),
+                        interventions=args.interventions, review=args.review)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -330,15 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score the detectors against ground truth (report)",
                        description="Replay observations and score the alerts against ground-"
-                                   "truth phase intervals (patient_id, phase, start, end, "
-                                   "profile): sensitivity per episode and phase, delay, lead "
-                                   "time, PPV, alerts per patient-day, false alerts by "
-                                   "confounder. Writes DIR/report.html, metrics.json, "
-                                   "episodes.csv.")
+                                   "truth phase intervals (--truth: patient_id, phase, start, "
+                                   "end, profile: sensitivity per episode and phase, delay, "
+                                   "lead time, PPV, false alerts by confounder) and/or a "
+                                   "clinician's review of real stays (--review); alerts per "
+                                   "stay-day and per patient by phase. Writes DIR/report.html, "
+                                   "metrics.json, episodes.csv (and review.csv).")
     p.add_argument("observations", help="CSV or Parquet file")
-    p.add_argument("--truth", metavar="TRUTH.csv", required=True,
+    p.add_argument("--truth", metavar="TRUTH.csv",
                    help="ground truth (clsmon simulate --to writes FILE.truth.csv)")
-    p.add_argument("--patients", metavar="CONTEXT.csv", help="patient context")
+    p.add_argument("--review", metavar="REVIEW.csv",
+                   help="a clinician's review of alert episodes (subject_id, phase, around, "
+                        "verdict, reason): true episodes found within 6 h, false ones still "
+                        "alerting within 12 h; times without an offset are read as UTC")
+    p.add_argument("--patients", metavar="CONTEXT.csv",
+                   help="patient context; admit/discharge times give the stay-days")
+    p.add_argument("--interventions", metavar="FILE", help="interventions, as for replay")
     p.add_argument("--report", metavar="DIR", required=True, help="where the report goes")
     p.add_argument("--plots", action="store_true",
                    help="also a timeline per alerted patient in DIR/timelines")

@@ -89,3 +89,86 @@ def test_a_varied_cohort_samples_beds_at_different_rates():
                         if o["kind"] == "sbp"})
         gaps.add(round((times[1] - times[0]) / 60_000))
     assert len(gaps) >= 2 and gaps <= {2, 5, 15}
+
+
+def _alert(pid: str, phase: str, at_ms: int, severity: str = "high"):
+    from detectors.alerts import make_alert
+
+    return make_alert(pid, 1, phase, "none", severity, at_ms, [])
+
+
+def test_review_windows_found_within_6_h_and_still_alerting_within_12_h():
+    from detectors.config import HOUR_MS, MIN_MS
+    from streams.offline.review import review_summary, review_time_ms, score_review
+
+    around = review_time_ms("2129-11-25 02:53")
+    assert around == review_time_ms("2129-11-25T02:53:00Z")
+    review = pd.DataFrame([
+        {"patient_id": "a", "phase": "leak", "around": "x", "around_ms": around,
+         "verdict": "true", "reason": ""},
+        {"patient_id": "b", "phase": "leak", "around": "x", "around_ms": around,
+         "verdict": "true", "reason": ""},
+        {"patient_id": "c", "phase": "leak", "around": "x", "around_ms": around,
+         "verdict": "false", "reason": ""},
+        {"patient_id": "d", "phase": "recovery", "around": "x", "around_ms": around,
+         "verdict": "false", "reason": ""}])
+    alerts = [_alert("a", "leak", around + 6 * HOUR_MS - MIN_MS),
+              _alert("b", "leak", around - 6 * HOUR_MS - MIN_MS),
+              _alert("c", "leak", around + 11 * HOUR_MS),
+              _alert("d", "leak", around),  # another phase does not count
+              _alert("d", "recovery", around - HOUR_MS, severity="info")]  # nor info
+    rows = score_review(review, alerts)
+    assert [r["alerting"] for r in rows] == [True, False, True, False]
+    assert review_summary(rows) | {} == {
+        "true_episodes": 2, "true_found": 1, "false_episodes": 2, "false_still_alerting": 1,
+        "found_window_h": 6.0, "still_alerting_window_h": 12.0}
+
+
+def test_evaluation_against_the_shared_review_counts_stays_not_years(tmp_path, capsys):
+    from realdata import need
+
+    from detectors.config import HOUR_MS
+    from streams.offline.review import read_review, review_time_ms
+
+    demo, review = need("mimic3-demo"), need("mimic3-demo-review.csv")
+    data = tmp_path / "mimic3"
+    assert main(["import", "mimic3", str(demo), "--out", str(data), "--quiet"]) == 0
+    report = tmp_path / "report"
+    assert main(["evaluate", str(data / "observations.csv"), "--patients",
+                 str(data / "patients.csv"), "--interventions", str(data / "interventions.csv"),
+                 "--review", str(review), "--report", str(report), "--plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "true episodes found" in printed and "0.0 %" not in printed
+    s = json.loads((report / "metrics.json").read_text())["summary"]
+    reviewed = read_review(review)
+    assert (s["review"]["true_episodes"], s["review"]["false_episodes"]) == (
+        int((reviewed["verdict"] == "true").sum()), int((reviewed["verdict"] == "false").sum()))
+    # an independent count of the same windows from the replay's alerts
+    out = tmp_path / "alerts.jsonl"
+    assert main(["replay", str(data / "observations.csv"), "--patients",
+                 str(data / "patients.csv"), "--interventions", str(data / "interventions.csv"),
+                 "--out", str(out), "--quiet"]) == 0
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    found = still = 0
+    for r in reviewed.itertuples():
+        window = (6 if r.verdict == "true" else 12) * HOUR_MS
+        hit = any(a["patient_id"] == r.patient_id and a["phase"] == r.phase
+                  and a["severity"] != "info"
+                  and abs(review_time_ms(a["raised_at"]) - r.around_ms) <= window
+                  for a in alerts)
+        found += hit and r.verdict == "true"
+        still += hit and r.verdict == "false"
+    assert (s["review"]["true_found"], s["review"]["false_still_alerting"]) == (found, still)
+    # stay-days: the sum of the admissions of the patients with data, not years of calendar
+    stays = pd.read_csv(data / "patients.csv", dtype=str, keep_default_na=False)
+    stays = stays[stays["admit"] < "2200"]  # the years this version's time check accepts
+    days = sum((pd.Timestamp(r.discharge) - pd.Timestamp(r.admit)).total_seconds() / 86400
+               for r in stays.itertuples())
+    assert s["patient_days"] == pytest.approx(days, abs=30)  # + 41976's later stays' spans
+    assert s["patient_days"] < 2000 and s["patients"] == 100
+    assert s["alerts_per_patient_day"] == pytest.approx(s["alerts"] / s["patient_days"],
+                                                        rel=0.01)
+    html = (report / "report.html").read_text()
+    assert "Against the clinician's review" in html and 'href="timelines/' in html
+    assert {p.stem for p in (report / "timelines").glob("*.png")} >= set(
+        reviewed["patient_id"])

@@ -396,7 +396,7 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
         write_alerts(result.alerts, out)
     if rejects:
         write_rejects(result.rejects, rejects)
-    written = write_timelines(result, plots, contexts) if plots else 0
+    written = len(write_timelines(result, plots, contexts)) if plots else 0
     if not quiet:
         for line in summary_lines(result):
             print(line)
