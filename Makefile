@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo bench bench-stream bench-load bench-soak clean help
+.PHONY: install test lint typecheck demo bench bench-replay-10m bench-stream bench-load bench-soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: $(STAMP)  ## embedded broker + worker + simulated patients; alerts on scre
 
 bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/
 	$(BIN)/python bench/replay_bench.py
+
+bench-replay-10m: $(STAMP)  ## replay in bounded memory: 10M rows, obs/s and peak RSS (same alerts as in memory)
+	$(BIN)/python bench/chunked_replay_bench.py --rows 10000000
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,9 +1,9 @@
 """Topic names and their creation: one place for the event contract's topic list.
 
 Every topic is keyed by ``patient_id`` and has the same number of partitions, so partition ``p``
-of ``vitals``, ``labs`` and ``patients`` holds the same patients (co-partitioning): the worker
-that owns partition ``p`` sees all of one patient's inputs and can put them back in arrival order
-(``streams.worker.ordering``).
+of ``vitals``, ``labs``, ``patients`` and ``interventions`` holds the same patients
+(co-partitioning): the worker that owns partition ``p`` sees all of one patient's inputs and
+can put them back in arrival order (``streams.worker.ordering``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class TopicNames:
         return self.prefix + "patients"
 
     @property
+    def interventions(self) -> str:
+        """Blood products, albumin, fluids, pressors, diuretics (``detectors.interventions``)."""
+        return self.prefix + "interventions"
+
+    @property
     def alerts(self) -> str:
         return self.prefix + "alerts"
 
@@ -53,13 +58,14 @@ class TopicNames:
         return self.prefix + "ticks"
 
     @property
-    def inputs(self) -> tuple[str, str, str]:
-        """Topics the detection agent reads, in tie-break rank order (context first)."""
-        return (self.patients, self.vitals, self.labs)
+    def inputs(self) -> tuple[str, str, str, str]:
+        """Topics the detection agent reads, in tie-break rank order (context first, then
+        interventions, as in the replay: both apply before an observation of the same time)."""
+        return (self.patients, self.interventions, self.vitals, self.labs)
 
     def all(self) -> tuple[str, ...]:
-        return (self.vitals, self.labs, self.patients, self.alerts, self.alert_acks,
-                self.dead_letters, self.ticks)
+        return (self.vitals, self.labs, self.patients, self.interventions, self.alerts,
+                self.alert_acks, self.dead_letters, self.ticks)
 
     def for_kind(self, kind: object) -> str:
         """The topic an observation of ``kind`` is published to (unknown kinds: vitals)."""

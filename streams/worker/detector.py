@@ -1,7 +1,8 @@
 """What the detection agent does with each message: ingest, arrival order, the engine, and the
 acknowledgement discipline.
 
-Per message: validate (``streams.worker.ingest``; refusals go to ``dead-letters`` at once);
+Per message of ``patients``, ``interventions``, ``vitals`` or ``labs``: validate
+(``streams.worker.ingest``; refusals go to ``dead-letters`` at once);
 hold it in its partition's arrival-order merge (``streams.worker.ordering``); when released,
 fold it into the patient's state (``detectors.phases.step``) and publish any alerts
 (``streams.worker.outputs``). Faust-free: the agent and the timers in ``streams.worker.app``
@@ -30,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.config import Thresholds
-from detectors.observation import PatientContext, Rejection
+from detectors.interventions import Intervention
+from detectors.observation import Observation, PatientContext, Rejection
 from detectors.phases import apply_context, flush, step
 from streams.worker.config import WorkerConfig
-from streams.worker.ingest import Refused, ingest
+from streams.worker.ingest import INTERVENTION, Refused, ingest
 from streams.worker.metrics import Metrics
 from streams.worker.ordering import PartitionMerge
 from streams.worker.outputs import Outputs
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Item:
     event: Any  # faust Event (acknowledged once processed)
-    value: Any  # Observation | PatientContext
+    value: Any  # Observation | PatientContext | Intervention
 
 
 class Detector:
@@ -78,7 +80,8 @@ class Detector:
                 self.on_tick(msg.partition, now)
                 event.ack()
                 return
-            value = ingest(event.key, event.value, msg.topic == self.names.patients)
+            value = ingest(event.key, event.value, msg.topic == self.names.patients,
+                           msg.topic == self.names.interventions)
             if isinstance(value, Refused):
                 self.outputs.dead_letter(event, value.rejection, value.kind)
                 return
@@ -195,14 +198,16 @@ class Detector:
             why = result.rejection or Rejection("rejected", "rejected by the detectors")
             self.outputs.dead_letter(item.event, why, value.kind, ack=False)
         else:
-            self.metrics.observations.labels(value.kind, result.status).inc()
+            label = INTERVENTION if isinstance(value, Intervention) else value.kind
+            self.metrics.observations.labels(label, result.status).inc()
         if result.status != "duplicate":
             dirty.add(pid)
         if result.state.pending:
             self._pending.setdefault(partition, set()).add(pid)
         else:
             self._pending.get(partition, set()).discard(pid)
-        self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
+        if isinstance(value, Observation):
+            self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
         self.outputs.alerts(result.alerts, msg.timestamp)
 
     def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str]) -> None:

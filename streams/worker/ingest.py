@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from detectors.interventions import Intervention, parse_intervention
 from detectors.observation import Observation, PatientContext, Rejection, normalise, parse_context
 from detectors.units import KINDS, canonical_kind
 from streams.kafka import codec
@@ -22,20 +23,31 @@ class Refused(NamedTuple):
     kind: str
 
 
-def ingest(key: bytes | None, value: bytes | None, is_context: bool
-           ) -> Observation | PatientContext | Refused:
-    """Decode and validate one record of ``patients`` (``is_context``), ``vitals`` or ``labs``.
+#: the metric label of every intervention (one label: the kinds are a closed list anyway)
+INTERVENTION = "intervention"
 
-    Returns the validated observation or context, or ``Refused`` (never raises).
+
+def ingest(key: bytes | None, value: bytes | None, is_context: bool,
+           is_intervention: bool = False) -> Observation | PatientContext | Intervention | Refused:
+    """Decode and validate one record of ``patients`` (``is_context``), ``interventions``
+    (``is_intervention``), ``vitals`` or ``labs``.
+
+    Returns the validated observation, context or intervention, or ``Refused`` (never raises).
     """
     doc = codec.decode_object(value)
-    kind = "context" if is_context else "unknown"
+    kind = "context" if is_context else INTERVENTION if is_intervention else "unknown"
     if isinstance(doc, Rejection):
         return Refused(doc, kind)
-    if not is_context:
+    if kind == "unknown":
         raw_kind = doc.get("kind")
         kind = kind_label(raw_kind.strip().lower() if isinstance(raw_kind, str) else "unknown")
-    parsed = parse_context(doc) if is_context else normalise(doc)
+    parsed: Observation | PatientContext | Intervention | Rejection
+    if is_context:
+        parsed = parse_context(doc)
+    elif is_intervention:
+        parsed = parse_intervention(doc)
+    else:
+        parsed = normalise(doc)
     if isinstance(parsed, Rejection):
         return Refused(parsed, kind)
     key_text = codec.key_text(key)
@@ -43,14 +55,14 @@ def ingest(key: bytes | None, value: bytes | None, is_context: bool
         return Refused(Rejection(
             "inconsistent", f"message key {key_text!r} is not the patient_id "
             f"{parsed.patient_id!r} (keys route a patient to one partition)"),
-            parsed.kind if isinstance(parsed, Observation) else "context")
+            parsed.kind if isinstance(parsed, Observation) else kind)
     return parsed
 
 
 def kind_label(kind: str) -> str:
     """Metric label for a kind: canonical kinds and ``context``; anything else is ``unknown``
     (a label per misspelt kind would let bad input grow the series without bound)."""
-    if kind == "context":
+    if kind in ("context", INTERVENTION):
         return kind
     canonical = canonical_kind(kind) if kind else None
     return canonical if canonical in KINDS else "unknown"
