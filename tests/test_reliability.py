@@ -34,6 +34,7 @@ from stream_support import (
     replay_result,
 )
 
+from detectors.interventions import Intervention, parse_intervention
 from detectors.observation import PatientContext, Rejection, normalise, parse_context
 from streams.kafka import codec
 from streams.kafka.topics import TopicNames, ensure_topics
@@ -373,13 +374,19 @@ def _verdict(topic: str, names: TopicNames, key: bytes | None,
     doc = codec.decode_object(value)
     if isinstance(doc, Rejection):
         return doc.reason
-    parsed = parse_context(doc) if topic == names.patients else normalise(doc)
+    parsed: Any
+    if topic == names.patients:
+        parsed = parse_context(doc)
+    elif topic == names.interventions:
+        parsed = parse_intervention(doc)
+    else:
+        parsed = normalise(doc)
     if isinstance(parsed, Rejection):
         return parsed.reason
     if codec.key_text(key) != parsed.patient_id:
         return "inconsistent"
-    return None if isinstance(parsed, PatientContext) or parsed.kind != "urine_output" \
-        else "maybe"
+    return None if isinstance(parsed, PatientContext | Intervention) \
+        or parsed.kind != "urine_output" else "maybe"
 
 
 def test_garbage_on_every_input_topic_is_dead_lettered_and_never_stalls(
