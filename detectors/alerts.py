@@ -53,6 +53,9 @@ class Alert:
     episode: int
     summary: str
     evidence: tuple[Evidence, ...] = field(default_factory=tuple)
+    #: where the patient lies when known (ADT PV1-3): notifications route on the ward
+    ward: str | None = None
+    bed: str | None = None
 
     def to_dict(self, emitted_at: str | None = None) -> dict[str, Any]:
         """The contract's JSON object; ``emitted_at`` (wall clock) is added by the I/O edge."""
@@ -62,6 +65,10 @@ class Alert:
             "raised_at": format_time(self.raised_at_ms), "episode": self.episode,
             "summary": self.summary, "evidence": [e.to_dict() for e in self.evidence],
         }
+        if self.ward is not None:
+            d["ward"] = self.ward
+        if self.bed is not None:
+            d["bed"] = self.bed
         if emitted_at is not None:
             d["emitted_at"] = emitted_at
         return d
@@ -87,10 +94,13 @@ def _fmt(e: Evidence) -> str:
 
 
 def make_alert(patient_id: str, episode: int, phase: str, previous_phase: str, severity: str,
-               raised_at_ms: int, evidence: list[Evidence], headline: str | None = None) -> Alert:
-    """Build an alert whose summary reads as one line at the bedside."""
+               raised_at_ms: int, evidence: list[Evidence], headline: str | None = None, *,
+               ward: str | None = None, bed: str | None = None) -> Alert:
+    """Build an alert whose summary reads as one line at the bedside; ``ward`` and ``bed``
+    (when the ADT feed told them) are carried, not part of ``alert_id``."""
     head = headline or _HEADLINES[phase]
     detail = "; ".join(_fmt(e) for e in evidence[:4])
     summary = f"{head}. {detail}" if detail else head
     return Alert(alert_id(patient_id, episode, phase, severity), patient_id, phase,
-                 previous_phase, severity, raised_at_ms, episode, summary, tuple(evidence))
+                 previous_phase, severity, raised_at_ms, episode, summary, tuple(evidence),
+                 ward, bed)

@@ -32,7 +32,13 @@ from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, MIN_MS, Thresholds
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
 from detectors.criteria import hypotension as bp
 from detectors.interventions import Intervention, record
-from detectors.observation import Observation, PatientContext, Rejection, format_time
+from detectors.observation import (
+    Observation,
+    PatientContext,
+    Rejection,
+    Retraction,
+    format_time,
+)
 from detectors.state import (
     BASELINE_KINDS,
     LAB_KEEP,
@@ -42,6 +48,8 @@ from detectors.state import (
     add_baseline,
     add_urine,
     insert_row,
+    remove_baseline,
+    remove_rows,
 )
 
 #: [D] dehydration exclusion (see module docstring)
@@ -71,7 +79,8 @@ _tuple_new = tuple.__new__  # builds a StepResult without the Python-level Named
 class StepResult(NamedTuple):
     state: PatientState
     alerts: Sequence[Alert]
-    #: accepted | duplicate | late (kept, too late to rewrite blood-pressure slots) | rejected
+    #: accepted | duplicate | late (kept, too late to rewrite blood-pressure slots) | rejected |
+    #: retracted (a retraction removed its reading) | not_retracted (see ``_retract``)
     status: str
     rejection: Rejection | None = None
 
@@ -81,20 +90,33 @@ def new_state(patient_id: str) -> PatientState:
 
 
 def apply_context(state: PatientState | None, ctx: PatientContext) -> PatientState | None:
-    """Admit/update sets sex and weight; discharge forgets the patient (None)."""
-    if ctx.event == "discharge":
+    """Fold an ADT event into the patient's state (None = the patient is forgotten).
+
+    admit/update set what they carry (sex, weight, ward, bed); transfer moves the patient to the
+    ward and bed it names (an omitted bed is cleared: the old ward's bed is wrong now);
+    discharge forgets the patient; cancel of an admit (HL7 A11, an admission entered in error)
+    forgets the patient like a discharge; cancel of a discharge (A13) keeps or starts the state
+    like an update: what the discharge forgot stays forgotten, detection begins anew.
+    """
+    if ctx.event == "discharge" or (ctx.event == "cancel" and ctx.cancels == "admit"):
         return None
     st = state or PatientState(ctx.patient_id)
     if ctx.sex is not None:
         st.sex = ctx.sex
     if ctx.weight_kg is not None:
         st.weight_kg = ctx.weight_kg
+    if ctx.event == "transfer":
+        st.ward, st.bed = ctx.ward, ctx.bed
+    else:
+        st.ward = ctx.ward if ctx.ward is not None else st.ward
+        st.bed = ctx.bed if ctx.bed is not None else st.bed
     return st
 
 
-def step(state: PatientState | None, obs: Observation | Intervention,
+def step(state: PatientState | None, obs: Observation | Retraction | Intervention,
          th: Thresholds = DEFAULT_THRESHOLDS) -> StepResult:
-    """Fold one validated observation or intervention into the patient's state and decide.
+    """Fold one validated observation, a retraction of one, or an intervention into the
+    patient's state and decide.
 
     The state object is updated in place and returned (callers own it; the worker stores it back
     in its table). An exact redelivery of a recent observation is recognised and ignored.
@@ -104,6 +126,8 @@ def step(state: PatientState | None, obs: Observation | Intervention,
     st = state if state is not None else PatientState(obs.patient_id)
     if isinstance(obs, Intervention):
         return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs), None))
+    if isinstance(obs, Retraction):
+        return _retract(st, obs, th)
     t = obs.observed_at_ms
     # hash of ints and floats is not salted per process (only str/bytes are), so the
     # fingerprint of a redelivered observation is the same after a worker restart
@@ -215,6 +239,8 @@ def _on_other(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
 
 def _on_lab(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
     kind = obs.kind
+    if obs.status == "corrected":
+        _withdraw(st, kind, obs.observed_at_ms, None, th)
     insert_row(st.labs.setdefault(kind, []), [obs.observed_at_ms, obs.value], LAB_KEEP[kind])
     if kind in BASELINE_KINDS and _normal_for_baseline(st, kind, obs.value, th):
         add_baseline(st, kind, obs.observed_at_ms, obs.value, int(th.baseline_labs_h * HOUR_MS))
@@ -233,6 +259,8 @@ def _normal_for_baseline(st: PatientState, kind: str, value: float, th: Threshol
 
 
 def _on_weight(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
+    if obs.status == "corrected":
+        _withdraw(st, "weight", obs.observed_at_ms, None, th)
     insert_row(st.wt, [obs.observed_at_ms, obs.value], WEIGHT_KEEP)
     add_baseline(st, "weight", obs.observed_at_ms, obs.value, int(th.baseline_labs_h * HOUR_MS))
     return True, "accepted"
@@ -257,6 +285,37 @@ def _on_urine(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
                  int(th.baseline_labs_h * HOUR_MS))
     st.uo_end = max(st.uo_end, end)
     return st.phase in ("leak", "recovery"), "accepted"
+
+
+def _retract(st: PatientState, r: Retraction, th: Thresholds) -> StepResult:
+    """Remove a retracted lab or weighing still in the windows (and from the baseline it
+    entered), then decide again unless a lab panel is pending (it decides when complete).
+
+    [D] Kept small on purpose: blood pressure is folded into 5-minute slots and urine into
+    collections, so one reading cannot be taken out of them, and an alert already raised is not
+    withdrawn; such a retraction is ``not_retracted`` (the worker counts it), as is one whose
+    reading has left the windows or was never seen.
+    """
+    if not _withdraw(st, r.kind, r.observed_at_ms, r.value, th):
+        return _tuple_new(StepResult, (st, _NO_ALERTS, "not_retracted", None))
+    alerts = _NO_ALERTS if st.pending else _decide(st, th)
+    return _tuple_new(StepResult, (st, alerts, "retracted", None))
+
+
+def _withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thresholds) -> bool:
+    """Remove the reading(s) of ``kind`` at event time ``t`` (of ``value`` when given) from the
+    lab or weight window and from the admission baseline; True if one was removed."""
+    if kind == "weight":
+        rows, window_h = st.wt, th.baseline_labs_h
+    elif kind in LAB_KEEP:
+        rows, window_h = st.labs.get(kind, []), th.baseline_labs_h
+    else:
+        return False
+    removed = remove_rows(rows, t, value)
+    for old in removed:
+        if kind in BASELINE_KINDS and (kind == "weight" or _normal_for_baseline(st, kind, old, th)):
+            remove_baseline(st, kind, t, old, int(window_h * HOUR_MS))
+    return bool(removed)
 
 
 def _remember_latest(st: PatientState, kind: str, t: int, value: float) -> None:
@@ -351,14 +410,15 @@ def _transition(st: PatientState, phase: str, severity: str, t: int, evidence: l
         st.leak_since = 0
     st.phase = phase
     st.severity = severity
-    return make_alert(st.patient_id, st.episode, phase, previous, severity, t, evidence, headline)
+    return make_alert(st.patient_id, st.episode, phase, previous, severity, t, evidence, headline,
+                      ward=st.ward, bed=st.bed)
 
 
 def _escalate(st: PatientState, severity: str, t: int, evidence: list[Evidence],
               headline: str) -> Alert:
     st.severity = severity
     return make_alert(st.patient_id, st.episode, st.phase, st.phase, severity, t, evidence,
-                      headline)
+                      headline, ward=st.ward, bed=st.bed)
 
 
 def _hypotension_evidence(run: list[float], facts: _Facts, th: Thresholds) -> Evidence:

@@ -41,6 +41,8 @@ class PatientState:
     patient_id: str
     sex: str | None = None
     weight_kg: float | None = None  # from the ADT context (admission weight)
+    ward: str | None = None  # from the ADT context (PV1-3): alerts carry it for routing
+    bed: str | None = None
     phase: str = "none"
     episode: int = 0
     severity: str = "none"
@@ -74,6 +76,10 @@ class PatientState:
             d["sex"] = self.sex
         if self.weight_kg is not None:
             d["wkg"] = self.weight_kg
+        if self.ward is not None:
+            d["wd"] = self.ward
+        if self.bed is not None:
+            d["bd"] = self.bed
         for key in ("bl", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv"):
             value = getattr(self, key)
             if value:
@@ -87,7 +93,8 @@ class PatientState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PatientState:
         return cls(
-            patient_id=d["pid"], sex=d.get("sex"), weight_kg=d.get("wkg"),
+            patient_id=d["pid"], sex=d.get("sex"), weight_kg=d.get("wkg"), ward=d.get("wd"),
+            bed=d.get("bd"),
             phase=d.get("ph", "none"),
             episode=d.get("ep", 0), severity=d.get("sev", "none"), phase_since=d.get("pt", 0),
             leak_since=d.get("lt", 0), max_t=d.get("mx", 0), first_episode_at=d.get("fe", 0),
@@ -154,6 +161,30 @@ def insert_row(rows: list[list[float]], row: list[float], keep: int) -> None:
     rows.insert(i, row)
     if len(rows) > keep:
         del rows[0]
+
+
+def remove_rows(rows: list[list[float]], t: int, value: float | None) -> list[float]:
+    """Remove the rows at event time ``t`` (and of ``value``, when given, to 1e-6); returns the
+    values removed (a retraction or a correction of a reading still in a window)."""
+    removed = [row[1] for row in rows
+               if row[0] == t and (value is None or abs(row[1] - value) <= 1e-6)]
+    if removed:
+        rows[:] = [row for row in rows
+                   if not (row[0] == t and (value is None or abs(row[1] - value) <= 1e-6))]
+    return removed
+
+
+def remove_baseline(st: PatientState, kind: str, t: int, value: float, window_ms: int) -> None:
+    """Take a withdrawn reading back out of the admission baseline if ``add_baseline`` would
+    have folded it in (same window and episode rules). The window's start is not moved back."""
+    b = st.bl.get(kind)
+    if b is None or (st.first_episode_at and t >= st.first_episode_at):
+        return
+    if b[0] <= t <= b[0] + window_ms:
+        b[1] -= 1
+        b[2] -= value
+        if b[1] <= 0:
+            del st.bl[kind]
 
 
 def add_urine(st: PatientState, start: int, end: int, ml: float, horizon_ms: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from detectors.observation import Observation, normalise
 from streams.cli import main
 from streams.offline import replay as rp
 from streams.offline.simulator import cohort
+from streams.offline.sources import NO_TIME, epoch_ms
 
 COLUMNS = ["patient_id", "observed_at", "kind", "value", "unit", "source", "period_min"]
 
@@ -156,24 +158,102 @@ cell = st.one_of(
                      "mmHg", "kPa", "L/L", "%", "[lb_av]", "g/L", "mL", "furlong",
                      "2026-09-22T00:00:00Z", "2026-09-22T01:00:00+01:00", "2026-09-22T00:00:00",
                      "2026-02-30T00:00:00Z", "1790000000000", "179000", "12", "0", "-3", "nan",
-                     "inf", "1e3", " 5 ", "0.52", "60", "abc"]),
+                     "inf", "1e3", " 5 ", "0.52", "60", "abc", "final", "corrected",
+                     "entered-in-error", "amended"]),
     st.text(max_size=6))
+
+#: times as producers write them: every JSON form, the refusals of cases 08 and 11, and the
+#: edges of the plausible window and of Arrow's ISO reader
+time_cell = st.one_of(
+    st.sampled_from([
+        "2026-11-29T10:00:00Z", "2026-11-29T10:00Z", "2026-11-29T10:00:00.123456789Z",
+        "2026-11-29T10:00:00+0100", "2026-11-29 10:00:00+01", "20261129100000+0100",
+        "202611291000+0100", "2026-11-29T23:59:60Z", "2026-11-29T10:00:00z",
+        "2026-11-29T10:00:00-00:00", "2026-11-29T10:00:00.5+01:00", "2026-W48-7T10:00:00Z",
+        "2026-11-29T10:00:00.123+01:00:00", "1764410400", "1764410400000", "1764410400000.0",
+        "1764410400000²", "-1764410400000", "2026-11-29T10:00:00+23:59", "2026-11-29T24:00:00Z",
+        "2026-11-29 10:00:00+00:00", "1799-12-31T23:59:59.999Z", "1800-01-01T00:00:00Z",
+        "2499-12-31T23:59:59.999Z", "2500-01-01T00:00:00Z", "2150-03-01T10:00:00.1-14:00",
+        " 2026-11-29T10:00:00Z", "2026-11-29t10:00:00Z", "20261129T100000Z", ""]),
+    st.datetimes(min_value=datetime(1790, 1, 1), max_value=datetime(2510, 1, 1),
+                 timezones=st.builds(lambda m: timezone(timedelta(minutes=m)),
+                                     st.integers(-900, 900))
+                 ).map(lambda d: d.isoformat(timespec=["minutes", "seconds", "milliseconds",
+                                                       "microseconds"][d.microsecond % 4])),
+    st.integers(-(10**13), 2 * 10**13).map(str),
+    cell)
 
 
 @settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.tuples(cell, cell, cell, cell, cell, cell), min_size=1, max_size=12))
+@given(rows=st.lists(st.tuples(time_cell, cell, cell, cell, cell, cell, cell, time_cell),
+                     min_size=1, max_size=12))
 def test_fast_validation_agrees_with_the_scalar_gate(rows):
+    """Every row the vectorised path accepts, the scalar gate accepts with the same values
+    (the rows it refuses go through the scalar gate itself)."""
     frame = pd.DataFrame([("p1",) + r for r in rows],
                          columns=["patient_id", "observed_at", "kind", "value", "unit",
-                                  "period_min", "source"]).astype("string")
+                                  "period_min", "source", "status", "available_at"]
+                         ).astype("string")
     norm, ok = rp.validate(frame)
     for i, raw in enumerate(frame.to_dict("records")):
+        scalar = normalise(raw)
         if not ok[i]:
             continue  # rejected rows go through the scalar gate itself
-        scalar = normalise(raw)
         assert isinstance(scalar, Observation), (raw, scalar)
         assert scalar.kind == norm["kind"].iat[i]
         assert math.isclose(scalar.value, norm["value"].iat[i], rel_tol=1e-9)
         assert scalar.observed_at_ms == norm["t"].iat[i]
+        avail = norm["avail"].iat[i]
+        assert scalar.available_at_ms == (None if avail == NO_TIME else avail)
+        assert scalar.status == norm["status"].iat[i]
         if scalar.kind == "urine_output" and scalar.period_min is not None:
             assert math.isclose(scalar.period_min, norm["period"].iat[i])
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=st.lists(time_cell, min_size=1, max_size=20))
+def test_the_replay_accepts_exactly_the_rows_the_scalar_parser_accepts(times):
+    """End to end: a row is replayed iff the scalar gate accepts it, at the scalar's instant,
+    and the vectorised reader takes the common shapes itself (no row-wise slow path)."""
+    from detectors.times import JSON_FORMS, ParsedTime, parse_time
+
+    frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(len(times))],
+                          "observed_at": times, "kind": "heart_rate", "value": "80",
+                          "unit": "/min"}).astype("string")
+    result = rp.replay_frame(frame)
+    refused = {r["row"] - 2 for r in result.rejects}
+    ms, ok = epoch_ms(frame["observed_at"])
+    for i, text in enumerate(times):
+        scalar = parse_time(text, forms=JSON_FORMS)
+        assert (i not in refused) == isinstance(scalar, ParsedTime), (text, scalar)
+        if ok[i]:
+            assert isinstance(scalar, ParsedTime) and scalar.epoch_ms == ms[i], text
+        elif isinstance(scalar, ParsedTime) and scalar.form == "rfc3339" and text.endswith("Z") \
+                and len(text) == 20 and text[10] == "T":
+            pytest.fail(f"the common shape {text!r} fell to the row-wise path")
+
+
+def test_a_superscript_digit_in_a_time_rejects_that_row_only(tmp_path):
+    """Case 11: `1764410400000²` crashed the replay with a traceback."""
+    path = tmp_path / "sup.csv"
+    path.write_text("patient_id,observed_at,kind,value,unit\n"
+                    "u1,2026-11-29T10:00:00Z,sbp,120,mmHg\n"
+                    "u2,1764410400000²,sbp,120,mmHg\n"
+                    "u3,2026-11-29T10:05:00Z,sbp,121,mmHg\n", encoding="utf-8")
+    result = rp.replay_frame(rp.read_observations(path))
+    assert [(r["row"], r["reason"]) for r in result.rejects] == [(3, "bad_time")]
+    assert "ASCII" in result.rejects[0]["detail"]
+    assert result.accepted == 2
+
+
+def test_an_hl7_dtm_in_a_file_is_refused_not_shifted(tmp_path):
+    """Case 08: `20261129101500+0100` was read as 00:50Z instead of 09:15Z, with no error."""
+    path = tmp_path / "dtm.csv"
+    path.write_text("patient_id,observed_at,kind,value,unit\n"
+                    "h1,20261129101500+0100,sbp,120,mmHg\n"
+                    "h2,2026-11-29T10:15:00+01:00,sbp,120,mmHg\n", encoding="utf-8")
+    result = rp.replay_frame(rp.read_observations(path))
+    assert [(r["row"], r["reason"]) for r in result.rejects] == [(2, "bad_time")]
+    assert "HL7 DTM" in result.rejects[0]["detail"]
+    assert result.canonical is not None
+    assert result.canonical["t"].tolist() == [1_795_943_700_000]  # 09:15Z

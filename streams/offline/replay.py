@@ -31,11 +31,12 @@ import pandas as pd
 
 from detectors.alerts import Alert
 from detectors.config import DEFAULT_THRESHOLDS, Thresholds
-from detectors.observation import Observation, PatientContext, Rejection, normalise
+from detectors.observation import Observation, PatientContext, Rejection, Retraction, normalise
 from detectors.phases import apply_context, flush, step
 from detectors.state import PatientState
 from streams.offline.sources import (  # noqa: F401  (re-exported: the replay's public names)
     BEFORE,
+    NO_TIME,
     OPTIONAL,
     REQUIRED,
     ReplayError,
@@ -61,6 +62,8 @@ class ReplayResult:
     accepted: int = 0  # observations folded into a state (late ones included)
     duplicates: int = 0
     late: int = 0
+    retracted: int = 0  # retractions that removed their reading
+    not_retracted: int = 0  # retractions the engine could not apply (detectors.phases._retract)
     interventions: int = 0  # interventions accepted into a state
     intervention_duplicates: int = 0  # the same record twice (a redelivery)
     contexts: int = 0  # context events applied (admissions, updates, discharges)
@@ -107,7 +110,7 @@ class _Replay:
         self.keep_canonical = keep_canonical
         self.canonical: list[pd.DataFrame] = []
         self.progress = progress
-        self.counts = {"accepted": 0, "duplicate": 0, "late": 0, "rejected": 0}
+        self.counts: Counter[str] = Counter()
 
     def feed(self, df: pd.DataFrame, sort: bool = False) -> None:
         """Replay one chunk (``sort``: in event-time order; only for a whole file)."""
@@ -133,8 +136,8 @@ class _Replay:
         observations = list(map(partial(tuple.__new__, Observation), zip(
             norm["patient_id"].tolist(), norm["kind"].tolist(), norm["value"].tolist(),
             norm["t"].tolist(), _text(df, "source", rows), _periods(norm),
-            _text(df, "id", rows), [a if a >= 0 else None for a in avail.tolist()],
-            strict=True)))
+            _text(df, "id", rows), [None if a == NO_TIME else a for a in avail.tolist()],
+            norm["status"].tolist(), strict=True)))
         batch = _Batch(df, rows, observations, ok.tolist(), offset)
         start = 0
         for pos, event in self._events_within(clock):
@@ -164,12 +167,13 @@ class _Replay:
         pid = value.patient_id
         if isinstance(value, PatientContext):
             self.result.contexts += 1
-            if value.event == "discharge":
-                st = states.pop(pid, None)
-                if st is not None:  # the decision a lab panel waits for, before forgetting
-                    self.result.alerts.extend(flush(st, self.th))
+            st = apply_context(states.get(pid), value)
+            if st is None:  # discharged, or an admission cancelled: forgotten
+                gone = states.pop(pid, None)
+                if gone is not None:  # the decision a lab panel waits for, before forgetting
+                    self.result.alerts.extend(flush(gone, self.th))
                 return
-            states[pid] = apply_context(states.get(pid), value)  # type: ignore[assignment]
+            states[pid] = st
             return
         r = step(states.get(pid), value, self.th)
         states[pid] = r.state
@@ -187,6 +191,7 @@ class _Replay:
         alerts = result.alerts
         seen = result.patients
         progress = self.progress
+        o: Observation | Retraction
         for j in range(start, stop):
             if progress is not None and not j % 50_000:
                 progress(offset + j, None)
@@ -210,14 +215,13 @@ class _Replay:
             counts[status] += 1
             if status != "rejected":
                 seen.add(pid)
-            if status != "accepted":
-                if r.rejection is not None:
-                    i = rows[j]
-                    result.rejects.append({"file": "observations", "row": offset + i + 2,
-                                           "reason": r.rejection.reason,
-                                           "detail": r.rejection.detail,
-                                           "input": _row_dict(df, i)})
-            elif r.alerts:
+            if r.rejection is not None:
+                i = rows[j]
+                result.rejects.append({"file": "observations", "row": offset + i + 2,
+                                       "reason": r.rejection.reason,
+                                       "detail": r.rejection.detail,
+                                       "input": _row_dict(df, i)})
+            if r.alerts:  # as the worker: a late reading or a retraction may decide too
                 alerts.extend(r.alerts)
 
     def finish(self) -> ReplayResult:
@@ -231,6 +235,8 @@ class _Replay:
         result.accepted = c["accepted"] + c["late"]
         result.duplicates = c["duplicate"]
         result.late = c["late"]
+        result.retracted = c["retracted"]
+        result.not_retracted = c["not_retracted"]
         if self.keep_canonical:
             result.canonical = (pd.concat(self.canonical, ignore_index=True) if self.canonical
                                 else pd.DataFrame(columns=_CANONICAL))
@@ -337,7 +343,9 @@ def summary_lines(result: ReplayResult) -> Iterator[str]:
     rate = result.observations / result.seconds if result.seconds else 0.0
     yield (f"patients {len(result.patients):>8}   observations {result.observations:>10}   "
            f"accepted {result.accepted:>10}   duplicates {result.duplicates}   "
-           f"late vitals {result.late}")
+           f"late vitals {result.late}"
+           + (f"   retracted {result.retracted} (not applied {result.not_retracted})"
+              if result.retracted or result.not_retracted else ""))
     if result.contexts or result.interventions:
         yield (f"context events applied {result.contexts}   interventions accepted "
                f"{result.interventions}   duplicates {result.intervention_duplicates}")

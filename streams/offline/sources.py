@@ -28,17 +28,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detectors.interventions import Intervention, parse_intervention
-from detectors.observation import PatientContext, Rejection, parse_context, parse_time_ms
+from detectors.observation import (
+    STATUSES,
+    PatientContext,
+    Rejection,
+    parse_context,
+    parse_time_ms,
+)
+from detectors.times import (
+    JSON_FORMS,
+    MAX_EPOCH_MS,
+    MIN_ABS_EPOCH_MS,
+    MIN_EPOCH_MS,
+    ParsedTime,
+    parse_time,
+)
 from detectors.units import KINDS, URINE_MAX_ML_PER_H, canonical_kind, unit_key
 
 REQUIRED = ("patient_id", "observed_at", "kind", "value", "unit")
-OPTIONAL = ("source", "period_min", "id", "available_at")
+OPTIONAL = ("source", "period_min", "id", "available_at", "status")
 INTERVENTION_REQUIRED = ("patient_id", "kind", "started_at")
-_ISO_WITH_OFFSET = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)$"
-_MIN_MS, _MAX_MS = 631_152_000_000, 7_258_118_400_000  # detectors.observation's bounds
 #: rows per chunk: ~100 MB of Arrow strings at most for a long-format file
 CHUNK_ROWS = 500_000
 _FIRST = np.iinfo(np.int64).min
+#: ``avail`` of a row without an available_at (epoch ms may be negative: 1800-1969 are real)
+NO_TIME = np.iinfo(np.int64).min
 
 
 class ReplayError(Exception):
@@ -123,41 +137,49 @@ def _chunk(batches: list[pa.RecordBatch]) -> pd.DataFrame:
 
 # --- bulk validation ------------------------------------------------------------------------
 
-def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised event time: (ms as int64, ok mask). ISO 8601 needs an explicit offset.
+#: The shapes the vectorised path reads with Arrow: a strict subset of ``detectors.times``'
+#: JSON grammar (ASCII digits, 'T' or space, seconds optional, at most 3 fraction digits, 'Z' or
+#: an offset within ±14:00). Anything else, and any chunk Arrow refuses (a 30 February, 24:00,
+#: a leap second), is read row by row with the scalar parser itself, so the accepted set and
+#: the instants are the scalar parser's (tests/test_replay.py pins this with hypothesis).
+_FAST_ISO = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,3})?)?"
+             r"(Z|[+-](0[0-9]|1[0-3]):?[0-5][0-9]|[+-]14:?00)$")
+_FAST_EPOCH = r"^-?[0-9]{1,16}$"
+_ARROW_CHUNK = 8192
 
-    Fast path: Arrow's ISO 8601 cast of the whole column (it refuses a time without an offset,
-    as the contract does); any unparseable row sends the column to the row-wise path below.
-    """
-    try:
-        stamps = pc.cast(pa.array(times.to_numpy(dtype=object, na_value=None), pa.string()),
-                         pa.timestamp("ms", tz="UTC"))
-        ms = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if stamps.null_count == 0:
-            ok = (ms >= _MIN_MS) & (ms < _MAX_MS)
-            return ms.astype(np.int64), ok
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
-    text = times.fillna("").astype(str).str.strip()
-    ms = np.zeros(len(text), dtype=np.int64)
-    ok = np.zeros(len(text), dtype=bool)
-    iso = text.str.match(_ISO_WITH_OFFSET).to_numpy(dtype=bool, na_value=False)
-    rest = ~iso
-    if rest.any():
-        numeric = np.zeros(len(text), dtype=bool)
-        numeric[rest] = text[rest].str.fullmatch(r"-?\d{1,15}").to_numpy(dtype=bool,
-                                                                        na_value=False)
-        if numeric.any():
-            ms[numeric] = text[numeric].astype(np.int64).to_numpy()
-            ok[numeric] = True
-    if iso.any():
-        parsed = pd.to_datetime(text[iso], utc=True, errors="coerce", format="ISO8601")
-        good = parsed.notna().to_numpy()
-        idx = np.flatnonzero(iso)
-        vals = parsed.to_numpy(dtype="datetime64[ms]").astype(np.int64)
-        ms[idx[good]] = vals[good]
-        ok[idx[good]] = True
-    ok &= (ms >= _MIN_MS) & (ms < _MAX_MS)
+
+def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised event time: (epoch ms as int64, ok mask), exactly as
+    ``detectors.times.parse_time(..., forms=JSON_FORMS)`` reads each row."""
+    n = len(times)
+    arr = pa.array(times.to_numpy(dtype=object, na_value=None), pa.string())
+    ms = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    iso = pc.fill_null(pc.match_substring_regex(arr, _FAST_ISO), False).to_numpy(
+        zero_copy_only=False)
+    epoch = pc.fill_null(pc.match_substring_regex(arr, _FAST_EPOCH), False).to_numpy(
+        zero_copy_only=False)
+    if epoch.any():
+        idx = np.flatnonzero(epoch)
+        values = pc.cast(arr.take(pa.array(idx)), pa.int64()).to_numpy(zero_copy_only=False)
+        ms[idx] = values
+        ok[idx] = np.abs(values) >= MIN_ABS_EPOCH_MS
+    rows = np.flatnonzero(iso)
+    for start in range(0, len(rows), _ARROW_CHUNK):
+        idx = rows[start:start + _ARROW_CHUNK]
+        try:
+            stamps = pc.cast(arr.take(pa.array(idx)), pa.timestamp("ms", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            stamps = None
+        if stamps is not None and stamps.null_count == 0:
+            ms[idx] = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            ok[idx] = True
+            continue
+        for i in idx:  # a chunk with a row Arrow refuses: the scalar parser, row by row
+            parsed = parse_time(arr[int(i)].as_py(), forms=JSON_FORMS)
+            if isinstance(parsed, ParsedTime):
+                ms[i], ok[i] = parsed.epoch_ms, True
+    ok &= (ms >= MIN_EPOCH_MS) & (ms < MAX_EPOCH_MS)
     return ms, ok
 
 
@@ -173,7 +195,9 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Canonical kind/value/time for every row the fast path accepts; mask of those rows.
 
     Columns of the result: patient_id, kind, value, t (event time, epoch ms), period (urine
-    minutes or NaN), avail (epoch ms the value became available; -1 when the file has none).
+    minutes or NaN), avail (epoch ms the value became available; ``NO_TIME`` when none), status
+    (``final`` when the file has none; a retraction or an unknown status is left to the scalar
+    gate).
     """
     n = len(df)
     kinds_raw = df["kind"].fillna("").astype("category")
@@ -195,7 +219,7 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     ok &= np.isfinite(canonical)
     t_ms, t_ok = epoch_ms(df["observed_at"])
     ok &= t_ok
-    avail = np.full(n, -1, dtype=np.int64)
+    avail = np.full(n, NO_TIME, dtype=np.int64)
     if "available_at" in df.columns:
         raw = df["available_at"].fillna("").astype(str)
         given = (raw != "").to_numpy()
@@ -215,10 +239,15 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         bad |= given & is_urine & (rate > URINE_MAX_ML_PER_H)
         ok &= ~(bad & is_urine)
         period[~is_urine] = np.nan
+    status = np.full(n, "final", dtype=object)
+    if "status" in df.columns:
+        raw = df["status"].fillna("").astype(str)
+        ok &= raw.isin(("", *STATUSES)).to_numpy()
+        status = raw.where(raw != "", "final").to_numpy(dtype=object)
     pid = df["patient_id"].fillna("").astype(str).str.strip()
     ok &= (pid != "").to_numpy()
     out = pd.DataFrame({"patient_id": pid, "kind": kind, "value": canonical, "t": t_ms,
-                        "period": period, "avail": avail})
+                        "period": period, "avail": avail, "status": status})
     return out, ok
 
 
@@ -226,7 +255,7 @@ def arrival_ms(norm: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
     """Each row's arrival time (available_at, else observed_at; rows refused: no time)."""
     t = norm["t"].to_numpy()
     avail = norm["avail"].to_numpy()
-    return np.where(ok, np.where(avail >= 0, avail, t), _FIRST)
+    return np.where(ok, np.where(avail != NO_TIME, avail, t), _FIRST)
 
 
 # --- side events: patient context and interventions -------------------------------------------

@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from detectors.interventions import Intervention, parse_intervention
-from detectors.observation import Observation, PatientContext, Rejection, normalise, parse_context
+from detectors.observation import (
+    Observation,
+    PatientContext,
+    Rejection,
+    Retraction,
+    normalise,
+    parse_context,
+)
 from detectors.units import KINDS, canonical_kind
 from streams.kafka import codec
 
@@ -28,7 +35,8 @@ INTERVENTION = "intervention"
 
 
 def ingest(key: bytes | None, value: bytes | None, is_context: bool,
-           is_intervention: bool = False) -> Observation | PatientContext | Intervention | Refused:
+           is_intervention: bool = False
+           ) -> Observation | Retraction | PatientContext | Intervention | Refused:
     """Decode and validate one record of ``patients`` (``is_context``), ``interventions``
     (``is_intervention``), ``vitals`` or ``labs``.
 
@@ -41,7 +49,7 @@ def ingest(key: bytes | None, value: bytes | None, is_context: bool,
     if kind == "unknown":
         raw_kind = doc.get("kind")
         kind = kind_label(raw_kind.strip().lower() if isinstance(raw_kind, str) else "unknown")
-    parsed: Observation | PatientContext | Intervention | Rejection
+    parsed: Observation | Retraction | PatientContext | Intervention | Rejection
     if is_context:
         parsed = parse_context(doc)
     elif is_intervention:
@@ -55,7 +63,7 @@ def ingest(key: bytes | None, value: bytes | None, is_context: bool,
         return Refused(Rejection(
             "inconsistent", f"message key {key_text!r} is not the patient_id "
             f"{parsed.patient_id!r} (keys route a patient to one partition)"),
-            parsed.kind if isinstance(parsed, Observation) else kind)
+            parsed.kind if isinstance(parsed, Observation | Retraction) else kind)
     return parsed
 
 
