@@ -120,7 +120,9 @@ def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> No
     p.add_argument("--web-port", type=int, default=int(_env(port_env, str(port)) or port),
                    help=f"port of /metrics, /healthz, /readyz; 0 = none "
                         f"(env {port_env}, default {port})")
-    p.add_argument("--web-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--web-host", default=_env("CLSMON_METRICS_HOST", "127.0.0.1"),
+                   help="address /metrics binds to (env CLSMON_METRICS_HOST, default 127.0.0.1;"
+                        " 0.0.0.0 only where Prometheus must reach it, as in docker-compose)")
 
 
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
@@ -203,13 +205,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_notify(args: argparse.Namespace) -> int:
     from streams.kafka.topics import broker_url_of
-    from streams.notify.notifier import NotifyConfig, run
+    from streams.notify.app import NotifyConfig, run
     from streams.notify.routing import load_routing
 
     load_routing(args.config)  # a bad file is a one-line error, before Faust starts
     return run(NotifyConfig(
         broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
         partitions=args.partitions, config=args.config, escalate_after_s=args.escalate_after,
+        escalate_high_after_s=args.escalate_high_after,
         escalation_check_s=args.escalation_check, web_port=args.web_port,
         web_host=args.web_host, data_dir=args.data_dir, store=args.store,
         fetch_wait_ms=args.fetch_wait_ms, session_timeout_s=args.session_timeout,
@@ -252,8 +255,13 @@ def _add_notify_parsers(sub: Any) -> None:
                    help="seconds before an unacknowledged critical alert is escalated (env "
                         "CLSMON_ESCALATE_AFTER; default: the config's escalate_after_s, else "
                         "600)")
+    p.add_argument("--escalate-high-after", type=float, metavar="S",
+                   default=float(_env("CLSMON_ESCALATE_HIGH_AFTER", "0") or 0) or None,
+                   help="seconds before an unacknowledged high alert is escalated (env "
+                        "CLSMON_ESCALATE_HIGH_AFTER; default: the config's escalate_after_s "
+                        "table, else never)")
     p.add_argument("--escalation-check", type=float, default=0.5, metavar="S",
-                   help="how often deadlines are checked (default 0.5 s)")
+                   help="how often due deliveries and deadlines are checked (default 0.5 s)")
     _add_web_options(p, "CLSMON_NOTIFY_METRICS_PORT", 6067)
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
@@ -275,7 +283,8 @@ def _add_notify_parsers(sub: Any) -> None:
     p = sub.add_parser("ack", help="acknowledge an alert (stops its escalation)",
                        description="Publish an acknowledgement {alert_id, by, at, note} to "
                                    "alert-acks, keyed by the alert's patient (looked up on the "
-                                   "alerts topic unless --patient is given).")
+                                   "alerts topic). Exit code 1 when the alert does not exist or "
+                                   "is already acknowledged (nothing is published).")
     p.add_argument("alert_id", metavar="ALERT_ID")
     p.add_argument("--by", required=True, metavar="NAME", help="who acknowledges")
     p.add_argument("--note", help="free text stored with the acknowledgement")

@@ -9,3 +9,18 @@ def kafka_bootstrap() -> Iterator[str]:
     """``host:port`` of a real broker for the session: Kafka in Docker, else embedded Tansu."""
     with kafka_endpoint() as endpoint:
         yield endpoint.bootstrap
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Audit files and other state of the processes the tests start go to a temporary state
+    directory, never to the developer's ~/.local/state/clsmon."""
+    import os
+
+    previous = os.environ.get("CLSMON_STATE_DIR")
+    os.environ["CLSMON_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("CLSMON_STATE_DIR", None)
+    else:
+        os.environ["CLSMON_STATE_DIR"] = previous

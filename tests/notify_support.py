@@ -142,3 +142,110 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic()
+
+
+class FaultyReceiver:
+    """A webhook receiver that misbehaves the ways real ones do, chosen by path:
+
+    ``/ok`` 200; ``/hook301``, ``/hook302``: redirect to ``/moved``; ``/hook307``,
+    ``/hook308``: redirect to ``/moved`` on the same origin; ``/hook307-away``: 307 to
+    another port; ``/slow-body``: 200 at once, then one body byte every ``trickle_s``;
+    ``/slow-head``: the status line one byte every ``trickle_s``; any GET: 200 (as the
+    case of issue 16: the body-less GET after a followed 302 looks like a delivery).
+    """
+
+    def __init__(self, trickle_s: float = 1.0) -> None:
+        self.trickle_s = trickle_s
+        self.hits: list[Hit] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _record(self) -> bytes:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                with receiver.lock:
+                    receiver.hits.append(Hit(self.command, self.path, dict(self.headers.items()),
+                                             body, time.monotonic()))
+                return body
+
+            def _send(self, status: int, location: str | None = None, body: bytes = b"") -> None:
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._record()
+                self._send(200, body=b"ok")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._record()
+                path = self.path
+                try:
+                    if path in ("/hook301", "/hook302", "/hook307", "/hook308"):
+                        self._send(int(path[-3:]), "/moved")
+                    elif path == "/hook307-away":
+                        self._send(307, f"http://127.0.0.1:{receiver.other_port}/moved")
+                    elif path == "/slow-body":
+                        self.send_response(200)
+                        self.send_header("Content-Length", "30")
+                        self.end_headers()
+                        self._trickle(b"x" * 30)
+                    elif path == "/slow-head":
+                        self._trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    else:
+                        self._send(200, body=b"ok")
+                except OSError:
+                    pass  # the sender gave up: that is the point
+
+            def _trickle(self, data: bytes) -> None:
+                for i in range(len(data)):
+                    if receiver.stopping.wait(receiver.trickle_s):
+                        return
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.other_port = self.server.server_address[1] + 1
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def paths(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(h.method, h.path) for h in self.hits]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def refused_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"

@@ -36,6 +36,8 @@ def _config(tmp_path: Path, receiver: Receiver, **webhook: Any) -> Path:
                       {"timeout_s": 2, "retries": 3, "backoff_s": 0.1, **webhook}.items())
     path = tmp_path / "notify.toml"
     path.write_text(f"""
+supersede_window_s = 0  # high alerts at once (the window is unit-tested)
+
 [sinks.icu3]
 type = "webhook"
 url = "{receiver.url('/icu3')}"
@@ -136,8 +138,10 @@ def test_no_duplicate_after_kill_9_and_restart(kafka_bootstrap: str, tmp_path: P
     try:
         first.wait_ready()
         assert receiver.held.wait(30), first.output()
-        delivered_before = receiver.delivered_keys("/icu3")
-        assert len(delivered_before) == 4
+        # the other nine are delivered meanwhile (a held sink slot holds nothing else up) ...
+        receiver.wait(lambda: len(receiver.delivered_keys("/icu3")) == 9)
+        first.wait_for("clsmon_notifications_total", 9, sink="icu3", outcome="delivered")
+        time.sleep(1.0)  # ... and their outcomes reach the table's changelog
     finally:
         first.kill()
     receiver.release.set()  # the held request is answered to a dead client: not delivered
@@ -148,11 +152,11 @@ def test_no_duplicate_after_kill_9_and_restart(kafka_bootstrap: str, tmp_path: P
         second.wait_ready()
         receiver.wait(lambda: len(receiver.delivered_keys("/icu3")) >= len(docs), timeout=30)
         # it did read the delivered alerts again (else this test could not fail) ...
-        second.wait_for("clsmon_notifications_total", 4, sink="icu3", outcome="duplicate")
+        second.wait_for("clsmon_notifications_total", 9, sink="icu3", outcome="duplicate")
         time.sleep(1.0)
         # ... and each alert reached the receiver exactly once
         assert receiver.delivered_keys("/icu3") == {d["alert_id"]: 1 for d in docs}
-        assert second.total("clsmon_notifications_total", sink="icu3", outcome="delivered") == 6
+        assert second.total("clsmon_notifications_total", sink="icu3", outcome="delivered") == 1
     finally:
         assert second.stop() == 0, second.output()
 
@@ -178,6 +182,15 @@ def test_escalation_timing_ack_stops_it_and_survives_restart(kafka_bootstrap: st
                        "--broker", kafka_bootstrap, "--topic-prefix", names.prefix)
         assert done.returncode == 0, done.stderr
         assert "icu3-bed02" in done.stdout
+        # a second clinician, and an alert that does not exist: said so, exit 1, not published
+        again = run_cli("ack", acked["alert_id"], "--by", "dr who", "--broker", kafka_bootstrap,
+                        "--topic-prefix", names.prefix)
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert "already acknowledged by dr grey" in again.stderr
+        unknown = run_cli("ack", "deadbeefdeadbeef", "--by", "dr grey", "--broker",
+                          kafka_bootstrap, "--topic-prefix", names.prefix)
+        assert unknown.returncode == 1 and "no alert deadbeefdeadbeef" in unknown.stderr
+        assert "acknowledged alert" not in again.stdout + unknown.stdout
         notifier.wait_for("clsmon_acks_total", 1, outcome="stopped_escalation")
         receiver.wait(lambda: len(receiver.delivered("/page")) >= 1, timeout=after + 10)
         [page] = receiver.delivered("/page")
@@ -193,6 +206,8 @@ def test_escalation_timing_ack_stops_it_and_survives_restart(kafka_bootstrap: st
         _publish(kafka_bootstrap, names.alerts, [later])
         receiver.wait(lambda: later["alert_id"] in receiver.delivered_keys("/icu3"))
         delivered_at = receiver.delivered("/icu3")[-1].at
+        # counted once recorded: killed after that, it is not notified again
+        notifier.wait_for("clsmon_notifications_total", 4, sink="icu3", outcome="delivered")
     finally:
         notifier.kill()
     restarted = NotifierProcess(kafka_bootstrap, names.prefix, tmp_path, config,

@@ -49,6 +49,11 @@ class TopicNames:
         return self.prefix + "alert-acks"
 
     @property
+    def notifications(self) -> str:
+        """Delivery outcomes of the notifier (delivered, failed, superseded, escalations)."""
+        return self.prefix + "notifications"
+
+    @property
     def dead_letters(self) -> str:
         return self.prefix + "dead-letters"
 
@@ -65,7 +70,7 @@ class TopicNames:
 
     def all(self) -> tuple[str, ...]:
         return (self.vitals, self.labs, self.patients, self.interventions, self.alerts,
-                self.alert_acks, self.dead_letters, self.ticks)
+                self.alert_acks, self.notifications, self.dead_letters, self.ticks)
 
     def for_kind(self, kind: object) -> str:
         """The topic an observation of ``kind`` is published to (unknown kinds: vitals)."""

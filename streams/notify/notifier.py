@@ -1,124 +1,65 @@
-"""The notifier: delivers alerts to clinicians' sinks once, takes acknowledgements, escalates.
+"""The notifier's decisions: deliver each alert once to its sinks, take acknowledgements and
+escalation requests, escalate, supersede. Faust-free (``streams.notify.app`` runs it), so it is
+tested with plain objects.
 
-Its own Faust app (consumer group ``<prefix>-notifier``), one agent reading ``alerts`` and
-``alert-acks`` (both keyed by patient_id, so co-partitioned), and a table ``notified`` (with a
-changelog) that holds, per ``alert_id``, what was delivered to which sink, the acknowledgement,
-and a pending escalation.
+Delivery discipline (an outbox in the ``notified`` table, ``streams.notify.ledger``):
 
-Delivery discipline, per alert message:
+1. an alert message is decoded and validated (bad input goes to ``dead-letters`` with a reason);
+2. a redelivered alert (its record exists) is counted as a duplicate and nothing else happens;
+3. a new alert's record is written with every routed sink ``pending``, and the message is
+   acknowledged once the broker has that record: the stream moves on at once;
+4. deliveries run as tasks, each sink on its own (``streams.notify.delivery``); each outcome is
+   written to the record as it comes. ``dispatch`` (after each message and on a timer) starts
+   what is due and not running: new alerts, held ones whose window passed, escalations, and
+   after a restart whatever a crash left ``pending``.
 
-1. decode and validate; bad input goes to ``dead-letters`` with a reason (never an exception);
-2. if the table says the alert was delivered: count a duplicate, acknowledge, done;
-3. for each routed sink not yet done: deliver (in a thread; bounded retries), then write the
-   sink's outcome to the table and **wait for the broker to acknowledge the changelog record**
-   before the next sink or message;
-4. acknowledge the message (its offset is committed later, after that).
+A crash between a sink accepting a notification and its outcome reaching the broker (one
+produce round trip) sends that notification to that sink once more after the restart; the
+webhook's ``Idempotency-Key`` lets the receiver drop it.
 
-So the table is always ahead of the committed offsets: a redelivery, a replay or a restart after
-``kill -9`` finds the alert_id and does not notify again. The one window left is between a sink
-accepting a notification (HTTP 200) and the changelog record reaching the broker (one produce
-round trip, milliseconds): a crash exactly there sends that notification to that sink once more
-on restart. The webhook therefore carries ``Idempotency-Key: <alert_id>`` so the receiver can
-drop it. Nothing closes that window completely without a transaction spanning the receiver.
-
-A sink that still fails after its retries is marked ``failed`` (not retried on restart: a dead
-receiver must not block the partition), counted in ``clsmon_notifications_total{outcome=
-"failed"}``, written to the route's audit files, and dead-lettered (reason
-``notification_failed``, the original alert as value) so it can be re-published.
-
-Escalation: a ``critical`` alert delivered and not acknowledged within ``escalate_after_s`` is
-sent to the route's escalation sinks (``Idempotency-Key: <alert_id>-escalation``), once. The
-deadline is stored in the table, so it survives a restart; a timer checks it. An ack (from any
-time, even before the alert arrives) is stored in the same record and stops the escalation.
+- **Failures are loud.** A sink that still fails after its retries is marked ``failed``
+  (not retried on restart), counted (``clsmon_notifications_total{outcome="failed"}``), written
+  to the route's audit files, published on ``notifications`` (the board shows it) and
+  dead-lettered (``notification_failed``, the alert as value). When every sink that reaches a
+  person failed, the alert is escalated at once (reason ``delivery_failed``).
+- **Escalation per severity** (``escalate_after``: severity -> seconds; critical 600 s by
+  default): delivered and not acknowledged by then, the alert goes to the route's escalation
+  sinks, once (``Idempotency-Key: <alert_id>-escalation``). An ``escalate`` request on
+  ``alert-acks`` (the board's "Escalate now") escalates at once. The deadline lives in the
+  record, so it survives a restart; an acknowledgement (even one that arrives before its alert)
+  stops it. The timer only starts deliveries: it never waits for one.
+- **One page per clinical event.** A ``warning`` or ``high`` alert is held ``supersede_window_s``
+  before delivery; a more severe alert of the same patient, episode and phase arriving in that
+  window supersedes it (outcome ``superseded``, audited, never delivered). Alert ids are
+  deterministic (``detectors.alerts.alert_id``), so the other severities' ids are computed,
+  not searched for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import faust
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from detectors.alerts import PHASES, SEVERITIES
+from detectors.alerts import PHASES, SEVERITIES, SEVERITY_RANK, alert_id
 from detectors.observation import Rejection
-from streams.kafka import codec, consumer, faust_app
-from streams.kafka.topics import TopicNames, bootstrap_of, ensure_topics
-from streams.notify.routing import Route, Routing, load_routing
+from streams.kafka import codec
+from streams.kafka.topics import TopicNames
+from streams.notify.delivery import Deliverer
+from streams.notify.ledger import Ledger
+from streams.notify.metrics import NotifyMetrics
+from streams.notify.routing import DEFAULT_ESCALATE_AFTER, Route, Routing
 from streams.notify.sinks import Delivery, Sink
 
 log = logging.getLogger(__name__)
-TABLE_NAME = "notified"
 ESCALATION_SUFFIX = "-escalation"
-
-
-@dataclass(frozen=True, slots=True)
-class NotifyConfig:
-    broker: str = "kafka://127.0.0.1:9092"
-    topic_prefix: str = "clsmon."
-    partitions: int = 3
-    config: str | None = None  # TOML routing; None: console only
-    #: None: from the config file, else 600 s
-    escalate_after_s: float | None = None
-    escalation_check_s: float = 0.5
-    web_port: int = 6067  # 0 = no HTTP server
-    web_host: str = "0.0.0.0"  # noqa: S104
-    data_dir: str | None = None
-    store: str = "memory://"
-    fetch_wait_ms: int = 100
-    #: re-read a partition whose fetched messages have not reached the agent for this long
-    stall_after_s: float = 5.0
-    session_timeout_s: float = 6.0
-    producer_max_batch_size: int = 1  # Tansu needs 1 for exact recovery (faust_app)
-    commit_interval_s: float = 0.5
-    loglevel: str = "WARNING"
-
-    @property
-    def names(self) -> TopicNames:
-        return TopicNames(self.topic_prefix)
-
-    @property
-    def app_id(self) -> str:
-        return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-notifier"
-
-    def faust_settings(self, data_dir: str) -> dict[str, Any]:
-        """The shared tuned settings (``streams.kafka.faust_app``), with the notifier's commit
-        interval."""
-        return faust_app.faust_settings(
-            partitions=self.partitions, store=self.store, data_dir=data_dir,
-            session_timeout_s=self.session_timeout_s,
-            producer_max_batch_size=self.producer_max_batch_size,
-            extra={"broker_commit_interval": self.commit_interval_s})
-
-
-class NotifyMetrics:
-    """The notifier's ``clsmon_`` series, in their own registry."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.notifications = Counter(
-            "clsmon_notifications", "Notifications by sink and outcome (delivered, failed, "
-            "duplicate: already delivered, escalated, escalation_failed)",
-            ["sink", "outcome"], registry=r)
-        self.acks = Counter(
-            "clsmon_acks", "Acknowledgements by outcome (recorded, stopped_escalation, "
-            "after_escalation, duplicate)", ["outcome"], registry=r)
-        self.dead_letters = Counter(
-            "clsmon_notify_dead_letters", "Messages of alerts/alert-acks (and failed "
-            "notifications) sent to the dead-letter topic, by reason", ["reason"], registry=r)
-        self.pending_escalations = Gauge(
-            "clsmon_pending_escalations", "Critical alerts delivered, unacknowledged, waiting "
-            "for their escalation deadline", registry=r)
-        self.ready = Gauge("clsmon_ready", "1 when the notifier has started", registry=r)
-        self.rereads = consumer.rereads_counter(r)
+ACK_ACTIONS = ("ack", "escalate")
+#: severities a more severe alert of the same event may supersede
+SUPERSEDABLE = ("warning", "high")
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -137,70 +78,30 @@ def parse_alert(doc: dict[str, Any]) -> dict[str, Any] | Rejection:
 
 
 def parse_ack(doc: dict[str, Any]) -> dict[str, Any] | Rejection:
-    """``{alert_id, by, at, note?}``: alert_id and by required, at and note strings if given."""
+    """``{alert_id, by, at?, note?, user?, action?}``: alert_id and by required; ``action`` is
+    ``ack`` (default) or ``escalate``; ``user`` is the board's signed-in login."""
     for name in ("alert_id", "by"):
         v = doc.get(name)
         if not isinstance(v, str) or not v.strip():
             return Rejection("invalid_ack", f"{name} must be a non-empty string")
-    for name in ("at", "note"):
+    for name in ("at", "note", "user", "action"):
         if name in doc and doc[name] is not None and not isinstance(doc[name], str):
             return Rejection("invalid_ack", f"{name} must be a string")
-    ack = {"alert_id": doc["alert_id"], "by": doc["by"], "at": doc.get("at") or codec.now_iso()}
-    if doc.get("note"):
-        ack["note"] = doc["note"]
+    action = doc.get("action") or "ack"
+    if action not in ACK_ACTIONS:
+        return Rejection("invalid_ack", f"action must be one of {ACK_ACTIONS}")
+    ack = {"alert_id": doc["alert_id"], "by": doc["by"], "at": doc.get("at") or codec.now_iso(),
+           "action": action}
+    for name in ("note", "user"):
+        if doc.get(name):
+            ack[name] = doc[name]
     return ack
-
-
-# --- the table, behind a small interface ---------------------------------------------------
-
-class Ledger(Protocol):
-    """Per-alert records; ``put`` returns once the record is durable (changelog acknowledged)."""
-
-    def get(self, alert_id: str) -> dict[str, Any] | None: ...
-
-    async def put(self, partition: int, alert_id: str, record: dict[str, Any]) -> None: ...
-
-    def pending(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        """Records that may have an escalation waiting (a superset is fine)."""
-        ...
-
-
-class TableLedger:
-    """A Faust table of JSON bytes; each write is awaited until the broker has it."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, alert_id: str) -> dict[str, Any] | None:
-        raw = self.table.data.get(alert_id.encode())
-        return None if raw is None else _loads(raw)
-
-    async def put(self, partition: int, alert_id: str, record: dict[str, Any]) -> None:
-        key, value = alert_id.encode(), codec.encode(record)
-        self.table.data[key] = value
-        # Straight to the producer (force: not attached to the current event, not through
-        # Faust's send buffer), then wait for the broker's acknowledgement.
-        sent = await self.table.changelog_topic.send(
-            key=key, value=value, partition=partition, key_serializer="raw",
-            value_serializer="raw", callback=self.table._on_changelog_sent, force=True)
-        await asyncio.wait_for(sent, timeout=60)
-
-    def pending(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        # a byte search first: most records (delivered, acknowledged) are never parsed
-        for key, raw in list(self.table.data.items()):
-            if raw and b'"escalate_at"' in raw:
-                yield key.decode() if isinstance(key, bytes) else str(key), _loads(raw)
-
-
-def _loads(raw: bytes) -> dict[str, Any]:
-    import json
-
-    return json.loads(raw)
 
 
 # --- what the agent does --------------------------------------------------------------------
 
 DeadLetter = Callable[[bytes | None, bytes | None, str, int, int, str, str], None]
+Publish = Callable[[bytes, bytes], object]
 
 
 @dataclass(slots=True)
@@ -222,145 +123,317 @@ class Notifier:
     ledger: Ledger
     metrics: NotifyMetrics
     dead_letter: DeadLetter
-    escalate_after_s: float = 600.0
+    #: severity -> seconds before an unacknowledged alert is escalated
+    escalate_after: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_ESCALATE_AFTER))
+    supersede_window_s: float = 0.0
     clock: Callable[[], float] = time.time
-    #: runs a blocking delivery; the Faust app uses a thread, unit tests may call it inline
-    run_blocking: Callable[..., Awaitable[Delivery]] = field(default=asyncio.to_thread)
+    #: ``(key, value)`` of a delivery outcome for the ``notifications`` topic
+    publish: Publish = lambda key, value: None
+    deliverer: Deliverer = field(default_factory=Deliverer)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _running: set[tuple[str, str, str]] = field(default_factory=set)
 
     async def on_message(self, msg: Incoming) -> None:
-        """Handle one message of ``alerts`` or ``alert-acks``; never raises; acks it last."""
+        """Handle one message of ``alerts`` or ``alert-acks``; never raises; acks it once its
+        record is durable, then starts what became due."""
+        touched: str | None = None
         try:
             async with self.lock:
                 if msg.topic == self.names.alert_acks:
-                    await self._on_ack(msg)
+                    touched = await self._on_ack(msg)
                 else:
-                    await self._on_alert(msg)
+                    touched = await self._on_alert(msg)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
             self._reject(msg, Rejection("internal_error", f"{type(exc).__name__}: {exc}"))
         msg.ack()
+        if touched is not None:
+            record = self.ledger.get(touched)
+            if record is not None:
+                await self._dispatch_record(touched, record, self.clock())
 
     # -- alerts ----------------------------------------------------------------------------
-    async def _on_alert(self, msg: Incoming) -> None:
+    async def _on_alert(self, msg: Incoming) -> str | None:
         doc = self._decode(msg, parse_alert)
         if doc is None:
-            return
-        alert_id = doc["alert_id"]
+            return None
+        aid = doc["alert_id"]
         route = self.routing.route(doc)
-        record = self.ledger.get(alert_id) or {}
-        log.debug("alert %s from %s[%s]@%s, ledger %s", alert_id, msg.topic, msg.partition,
-                  msg.offset, record or "empty")
-        if record.get("done"):
+        record = self.ledger.get(aid) or {}
+        if "received_at" in record:
             for sink in route.sinks or ("-",):
                 self.metrics.notifications.labels(sink, "duplicate").inc()
-            return
-        record.setdefault("sinks", {})
-        record.update(patient_id=doc["patient_id"], severity=doc["severity"],
-                      partition=msg.partition)
-        todo = [s for s in self.routing.sinks_of(route.sinks) if s.name not in record["sinks"]]
-        for i, target in enumerate(todo):
-            result = await self._deliver(target, doc, alert_id, route, "alert",
-                                         (msg.partition, msg.offset))
-            record["sinks"][target.name] = "delivered" if result.ok else "failed"
-            if i < len(todo) - 1:  # the last sink's outcome is written with the rest below
-                await self.ledger.put(msg.partition, alert_id, record)
-        record["done"] = True
-        record["notified_at"] = self.clock()
-        if (doc["severity"] == "critical" and not record.get("ack") and route.escalation
-                and not record.get("escalated")):
-            record["escalate_at"] = record["notified_at"] + self.escalate_after_s
-            record["alert"] = doc  # kept until escalated or acknowledged
-        await self.ledger.put(msg.partition, alert_id, record)
+            return None
+        now = self.clock()
+        record.update(patient_id=doc["patient_id"], severity=doc["severity"], phase=doc["phase"],
+                      partition=msg.partition, received_at=now, alert=doc, open=True,
+                      sinks=dict.fromkeys(route.sinks, "pending"))
+        higher = self._more_severe_seen(doc)
+        if higher is not None:
+            self._supersede(record, aid, higher, route)
+        else:
+            window = self.supersede_window_s if doc["severity"] in SUPERSEDABLE else 0.0
+            record["deliver_at"] = now + window
+            after = self.escalate_after.get(doc["severity"])
+            if after and route.escalation and not record.get("ack"):
+                record["escalate_at"] = now + after
+            request = record.pop("escalate_request", None)
+            if request and not record.get("ack"):
+                record.update(escalate_at=now, escalation_reason="requested",
+                              escalation_requested_by=request.get("by"))
+            for lower in self._lower_held(doc, now):
+                await self._update(lower, functools.partial(self._supersede_by, lower, aid))
+        _settle(record)
+        await self.ledger.put(msg.partition, aid, record)
+        return aid
 
-    async def _deliver(self, sink: Sink, doc: dict[str, Any], key: str, route: Route,
-                       kind: str, where: tuple[int, int] = (-1, -1)) -> Delivery:
-        try:
-            result = await self.run_blocking(sink.deliver, doc, key)
-        except Exception as exc:  # noqa: BLE001 - a sink bug is a failed delivery
-            result = Delivery(False, 1, f"{type(exc).__name__}: {exc}")
-        ok_label, failed_label = ("delivered", "failed") if kind == "alert" else (
-            "escalated", "escalation_failed")
-        self.metrics.notifications.labels(sink.name, ok_label if result.ok else
-                                          failed_label).inc()
-        if not result.ok:
-            log.warning("%s %s to %s failed after %s attempts: %s", kind, key, sink.name,
-                        result.attempts, result.detail)
-            self._audit(route, {"event": f"{kind}_failed", "alert_id": doc.get("alert_id"),
-                                "patient_id": doc.get("patient_id"), "sink": sink.name,
-                                "attempts": result.attempts, "detail": result.detail})
-            self.metrics.dead_letters.labels("notification_failed").inc()
-            self.dead_letter(doc.get("patient_id", "").encode(), codec.encode(doc),
-                             self.names.alerts, where[0], where[1], "notification_failed",
-                             f"{kind} to sink {sink.name!r} failed after {result.attempts} "
-                             f"attempts: {result.detail}")
-        return result
+    def _event_ids(self, doc: dict[str, Any], severities: Iterable[str]) -> list[str]:
+        episode = doc.get("episode")
+        if not isinstance(episode, int) or isinstance(episode, bool):
+            return []
+        return [alert_id(doc["patient_id"], episode, doc["phase"], s) for s in severities]
 
-    # -- acks ------------------------------------------------------------------------------
-    async def _on_ack(self, msg: Incoming) -> None:
+    def _more_severe_seen(self, doc: dict[str, Any]) -> str | None:
+        if doc["severity"] not in SUPERSEDABLE:
+            return None
+        rank = SEVERITY_RANK[doc["severity"]]
+        for other in self._event_ids(doc, [s for s in SEVERITIES if SEVERITY_RANK[s] > rank]):
+            if "received_at" in (self.ledger.get(other) or {}):
+                return other
+        return None
+
+    def _lower_held(self, doc: dict[str, Any], now: float) -> list[str]:
+        rank = SEVERITY_RANK[doc["severity"]]
+        held = []
+        for other in self._event_ids(doc, [s for s in SUPERSEDABLE if SEVERITY_RANK[s] < rank]):
+            r = self.ledger.get(other) or {}
+            if now < r.get("deliver_at", 0.0) and "pending" in r.get("sinks", {}).values():
+                held.append(other)
+        return held
+
+    def _supersede_by(self, aid: str, by: str, record: dict[str, Any]) -> None:
+        self._supersede(record, aid, by, self.routing.route(record.get("alert") or record))
+
+    def _supersede(self, record: dict[str, Any], aid: str, by: str, route: Route) -> None:
+        """Mark a held alert's pending sinks ``superseded`` by the more severe ``by``."""
+        for name, outcome in record.get("sinks", {}).items():
+            if outcome == "pending":
+                record["sinks"][name] = "superseded"
+                self.metrics.notifications.labels(name, "superseded").inc()
+        record["superseded_by"] = by
+        record.pop("escalate_at", None)
+        record.pop("alert", None)
+        self._audit(route, {"event": "superseded", "alert_id": aid, "superseded_by": by,
+                            "patient_id": record.get("patient_id")})
+        self._publish_outcome(record, aid, "alert", "-", "superseded", 0, f"by alert {by}", 0.0)
+
+    # -- acks and escalation requests ----------------------------------------------------------
+    async def _on_ack(self, msg: Incoming) -> str | None:
         ack = self._decode(msg, parse_ack)
         if ack is None:
-            return
-        alert_id = ack["alert_id"]
-        record = self.ledger.get(alert_id) or {"sinks": {}, "partition": msg.partition}
+            return None
+        aid = ack["alert_id"]
+        record = self.ledger.get(aid) or {"partition": msg.partition}
         key = codec.key_text(msg.key)
         if record.get("patient_id") and key != record["patient_id"]:
             self._reject(msg, Rejection("inconsistent", f"ack key {key!r} is not the alert's "
                                         f"patient {record['patient_id']!r}"))
-            return
-        if record.get("ack"):
-            self.metrics.acks.labels("duplicate").inc()
-            return
-        record["ack"] = ack
-        if record.get("escalated"):
-            outcome = "after_escalation"
-        elif record.pop("escalate_at", None) is not None:
-            outcome = "stopped_escalation"
-        else:
-            outcome = "recorded"
-        record.pop("alert", None)
-        await self.ledger.put(record.get("partition", msg.partition), alert_id, record)
+            return None
+        outcome = (self._escalate_request if ack["action"] == "escalate" else self._ack)(
+            record, ack)
         self.metrics.acks.labels(outcome).inc()
         self._audit(self.routing.route({"patient_id": key or ""}),
-                    {"event": "ack", "outcome": outcome, "patient_id": key, **ack})
+                    {"event": ack["action"], "outcome": outcome, "patient_id": key, **ack})
+        if outcome in ("duplicate", "escalate_refused"):
+            return None
+        _settle(record)
+        await self.ledger.put(record.get("partition", msg.partition), aid, record)
+        return aid
 
-    # -- escalation --------------------------------------------------------------------------
-    async def escalate_due(self, owns: Callable[[int], bool] = lambda p: True) -> int:
-        """Send every escalation whose deadline has passed (of owned partitions); returns how
-        many alerts were escalated."""
-        done = 0
-        async with self.lock:
-            now = self.clock()
-            for alert_id, record in list(self.ledger.pending()):
-                at = record.get("escalate_at")
-                if at is None or now < at or record.get("escalated") or record.get("ack"):
-                    continue
-                partition = int(record.get("partition", 0))
-                if not owns(partition):
-                    continue
-                doc = dict(record.get("alert") or {"alert_id": alert_id,
-                                                   "patient_id": record.get("patient_id")})
-                doc["escalation"] = {"reason": "unacknowledged", "escalated_at": codec.now_iso(),
-                                     "unacknowledged_s": round(now - record["notified_at"], 1)}
-                route = self.routing.route(doc)
-                record.setdefault("escalation_sinks", {})
-                for sink in self.routing.sinks_of(route.escalation):
-                    if sink.name in record["escalation_sinks"]:
-                        continue
-                    result = await self._deliver(sink, doc, alert_id + ESCALATION_SUFFIX,
-                                                 route, "escalation")
-                    record["escalation_sinks"][sink.name] = "delivered" if result.ok \
-                        else "failed"
-                    await self.ledger.put(partition, alert_id, record)
-                record["escalated"] = True
-                record.pop("escalate_at", None)
-                record.pop("alert", None)
-                await self.ledger.put(partition, alert_id, record)
-                done += 1
-            self._gauge()
-        return done
+    @staticmethod
+    def _ack(record: dict[str, Any], ack: dict[str, Any]) -> str:
+        if record.get("ack"):
+            return "duplicate"  # audited with who and when: a second ack is never lost
+        record["ack"] = ack
+        record.pop("escalate_request", None)
+        if record.get("escalated"):
+            return "after_escalation"
+        if record.pop("escalate_at", None) is not None:
+            return "stopped_escalation"
+        return "recorded"
+
+    @staticmethod
+    def _escalate_request(record: dict[str, Any], req: dict[str, Any]) -> str:
+        if (record.get("ack") or record.get("escalated") or record.get("superseded_by")
+                or ("received_at" in record and "alert" not in record)):
+            return "escalate_refused"  # acknowledged, escalated, superseded, or not escalatable
+        if "received_at" not in record:
+            record["escalate_request"] = req  # applied when the alert arrives
+        else:
+            record.update(escalate_at=0.0, escalation_reason="requested",
+                          escalation_requested_by=req["by"])
+        return "escalate_requested"
+
+    # -- the scheduler -------------------------------------------------------------------------
+    async def dispatch(self, owns: Callable[[int], bool] = lambda p: True) -> None:
+        """Start every delivery and escalation that is due and not running (of the owned
+        partitions). Waits for ledger writes (milliseconds), never for a delivery."""
+        now = self.clock()
+        for aid, record in list(self.ledger.pending()):
+            if owns(int(record.get("partition", 0))):
+                await self._dispatch_record(aid, record, now)
+        self.metrics.pending_escalations.set(sum(
+            1 for _, r in self.ledger.pending()
+            if r.get("escalate_at") is not None and not r.get("escalated")))
+
+    async def _dispatch_record(self, aid: str, record: dict[str, Any], now: float) -> None:
+        if not record.get("open"):
+            return
+        doc = record.get("alert")
+        if doc is None:
+            return
+        partition = int(record.get("partition", 0))
+        if now >= record.get("deliver_at", 0.0):
+            for name, outcome in record.get("sinks", {}).items():
+                if outcome == "pending" and name in self.routing.sinks:
+                    self._start(aid, "alert", self.routing.sinks[name], doc, aid, partition)
+        at = record.get("escalate_at")
+        if at is not None and now >= at and not record.get("escalated") and not record.get("ack"):
+            async with self.lock:
+                record = await self._update(aid, self._mark_escalated)
+        if record.get("escalated"):
+            esc = {**doc, "escalation": record.get("escalation", {})}
+            for name, outcome in record.get("escalation_sinks", {}).items():
+                if outcome == "pending" and name in self.routing.sinks:
+                    self._start(aid, "escalation", self.routing.sinks[name], esc,
+                                aid + ESCALATION_SUFFIX, partition)
+
+    def _mark_escalated(self, record: dict[str, Any]) -> None:
+        if record.get("escalated") or record.get("ack") or record.get("escalate_at") is None:
+            return
+        doc = record.get("alert") or {}
+        route = self.routing.route(doc)
+        now = self.clock()
+        record["escalated"] = True
+        record["escalation"] = {
+            "reason": record.pop("escalation_reason", "unacknowledged"),
+            "escalated_at": codec.now_iso(),
+            "unacknowledged_s": round(now - record.get("received_at", now), 1)}
+        if record.get("escalation_requested_by"):
+            record["escalation"]["requested_by"] = record.pop("escalation_requested_by")
+        record.pop("escalate_at", None)
+        record["escalation_sinks"] = dict.fromkeys(route.escalation, "pending")
+        if not route.escalation:
+            self.metrics.notifications.labels("-", "escalation_failed").inc()
+            self._audit(route, {"event": "escalation_failed", "alert_id": doc.get("alert_id"),
+                                "patient_id": doc.get("patient_id"), "sink": None,
+                                "detail": "the route has no escalation sinks"})
+        _settle(record)
+
+    def _start(self, aid: str, kind: str, sink: Sink, doc: dict[str, Any], key: str,
+               partition: int) -> None:
+        job = (aid, kind, sink.name)
+        if job in self._running:
+            return
+        self._running.add(job)
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(aid, kind, sink, doc, key, partition), name=f"deliver-{key}-{sink.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, aid: str, kind: str, sink: Sink, doc: dict[str, Any], key: str,
+                       partition: int) -> None:
+        started = time.monotonic()
+        record: dict[str, Any] = {}
+        self.metrics.in_flight.labels(sink.name).inc()
+        try:
+            result = await self.deliverer.run(sink, doc, key)
+        finally:
+            self.metrics.in_flight.labels(sink.name).dec()
+        seconds = time.monotonic() - started
+        outcome = "delivered" if result.ok else "failed"
+        try:
+            route = self.routing.route(doc)
+            async with self.lock:
+                record = await self._update(aid, lambda r: self._outcome(
+                    r, kind, sink.name, outcome, route))
+            # counted once durable: a scrape never shows a delivery a restart would repeat
+            self.metrics.delivery_seconds.labels(sink.name, kind).observe(seconds)
+            ok, bad = ("delivered", "failed") if kind == "alert" else ("escalated",
+                                                                      "escalation_failed")
+            self.metrics.notifications.labels(sink.name, ok if result.ok else bad).inc()
+            if not result.ok:
+                self._failed(doc, kind, sink.name, key, result, route, partition)
+            self._publish_outcome(record, aid, kind, sink.name, outcome, result.attempts,
+                                  result.detail, seconds)
+        except Exception:  # noqa: BLE001 - a task's error must not vanish
+            log.exception("recording the %s of %s to %s failed", kind, aid, sink.name)
+        finally:
+            self._running.discard((aid, kind, sink.name))
+        due = record.get("escalate_at")
+        if due is not None and due <= self.clock():  # e.g. nobody reached: escalate now
+            await self._dispatch_record(aid, record, self.clock())
+
+    def _outcome(self, record: dict[str, Any], kind: str, sink: str, outcome: str,
+                 route: Route) -> None:
+        table = record.setdefault("sinks" if kind == "alert" else "escalation_sinks", {})
+        if table.get(sink) == "pending":
+            table[sink] = outcome
+        if kind == "alert" and self._nobody_reached(record, route):
+            record.update(escalate_at=0.0, escalation_reason="delivery_failed")
+        _settle(record)
+
+    def _nobody_reached(self, record: dict[str, Any], route: Route) -> bool:
+        """Every sink that reaches a person (not an audit file) failed, and the route can
+        escalate: escalate now rather than wait for a deadline nobody was told about."""
+        if record.get("escalated") or record.get("ack") or not route.escalation:
+            return False
+        people = [n for n in record.get("sinks", {})
+                  if not getattr(self.routing.sinks.get(n), "records_only", False)]
+        return bool(people) and all(record["sinks"][n] == "failed" for n in people)
+
+    def _failed(self, doc: dict[str, Any], kind: str, sink: str, key: str, result: Delivery,
+                route: Route, partition: int) -> None:
+        log.warning("%s %s to %s failed after %s attempts: %s", kind, key, sink,
+                    result.attempts, result.detail)
+        self._audit(route, {"event": f"{kind}_failed", "alert_id": doc.get("alert_id"),
+                            "patient_id": doc.get("patient_id"), "sink": sink,
+                            "attempts": result.attempts, "detail": result.detail})
+        self.metrics.dead_letters.labels("notification_failed").inc()
+        self.dead_letter(str(doc.get("patient_id", "")).encode(), codec.encode(doc),
+                         self.names.alerts, partition, -1, "notification_failed",
+                         f"{kind} to sink {sink!r} failed after {result.attempts} attempts: "
+                         f"{result.detail}")
+
+    async def idle(self) -> None:
+        """Wait until no delivery is running (tests, a clean stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # -- helpers ----------------------------------------------------------------------------
+    async def _update(self, aid: str, change: Callable[[dict[str, Any]], None]
+                      ) -> dict[str, Any]:
+        """Read, change and write one record (no await between the read and the write)."""
+        record = self.ledger.get(aid) or {}
+        change(record)
+        await self.ledger.put(int(record.get("partition", 0)), aid, record)
+        return record
+
+    def _publish_outcome(self, record: dict[str, Any], aid: str, kind: str, sink: str,
+                         outcome: str, attempts: int, detail: str, seconds: float) -> None:
+        pid = str(record.get("patient_id") or "")
+        event = {"alert_id": aid, "patient_id": pid, "kind": kind, "sink": sink,
+                 "outcome": outcome, "attempts": attempts, "detail": detail,
+                 "seconds": round(seconds, 3), "at": codec.now_iso()}
+        if kind == "escalation":
+            event["escalation"] = record.get("escalation", {})
+        try:
+            self.publish(pid.encode(), codec.encode(event))
+        except Exception:  # noqa: BLE001 - the board's view, not the delivery itself
+            log.exception("notification outcome not published")
+
     def _decode(self, msg: Incoming, parse: Callable[[dict[str, Any]], Any]
                 ) -> dict[str, Any] | None:
         doc = codec.decode_object(msg.value)
@@ -392,88 +465,16 @@ class Notifier:
         for sink in self.routing.audit_sinks(route):
             sink.record(entry)
 
-    def _gauge(self) -> None:
-        self.metrics.pending_escalations.set(sum(
-            1 for _, r in self.ledger.pending()
-            if r.get("escalate_at") is not None and not r.get("escalated")))
 
-
-# --- the Faust app --------------------------------------------------------------------------
-
-@dataclass
-class NotifierApp:
-    app: faust.App
-    notifier: Notifier
-    metrics: NotifyMetrics
-    ready: threading.Event
-
-
-def build(cfg: NotifyConfig, routing: Routing | None = None,
-          metrics: NotifyMetrics | None = None) -> NotifierApp:
-    routing = routing or load_routing(cfg.config)
-    escalate_after = cfg.escalate_after_s or routing.escalate_after_s or 600.0
-    metrics = metrics or NotifyMetrics()
-    data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-notify-")
-    os.makedirs(data_dir, exist_ok=True)
-    app = faust_app.new_app(cfg.app_id, cfg.broker, cfg.faust_settings(data_dir),
-                            cfg.fetch_wait_ms)
-    names = cfg.names
-    inputs = app.topic(names.alerts, names.alert_acks, **faust_app.RAW)
-    dead_topic = app.topic(names.dead_letters, **faust_app.RAW)
-    table = faust_app.raw_table(app, TABLE_NAME, cfg.partitions)
-
-    def dead_letter(key: bytes | None, value: bytes | None, topic: str, partition: int,
-                    offset: int, reason: str, detail: str) -> None:
-        dead_topic.send_soon(key=key, value=codec.dead_letter(
-            key=key, value=value, topic=topic, partition=partition, offset=offset,
-            reason=reason, detail=detail))
-
-    notifier = Notifier(routing, names, TableLedger(table), metrics, dead_letter,
-                        escalate_after_s=escalate_after)
-    ready = threading.Event()
-
-    guard = consumer.watch(app, {names.alerts, names.alert_acks}, "notify", cfg.stall_after_s,
-                           metrics.rereads)
-
-    @app.agent(inputs, name="notify")
-    async def notify(stream: Any) -> None:
-        async for event in stream.noack().events():
-            m = event.message
-            guard.seen(m.tp, m.offset)
-            await notifier.on_message(Incoming(m.topic, m.partition, m.offset, event.key,
-                                               event.value, event.ack))
-
-    def owns(partition: int) -> bool:
-        from faust.types import TP
-
-        return TP(names.alerts, partition) in app.consumer.assignment()
-
-    @app.timer(cfg.escalation_check_s)
-    async def escalate() -> None:
-        if app.rebalancing or getattr(app, "in_recovery", False):
-            return  # the table may be half recovered: an ack may not be in it yet
-        try:
-            await notifier.escalate_due(owns)
-        except Exception:  # noqa: BLE001 - retried at the next check
-            log.exception("escalation check failed")
-
-    @app.task
-    async def started() -> None:
-        ready.set()
-        metrics.ready.set(1)
-
-    return NotifierApp(app, notifier, metrics, ready)
-
-
-def run(cfg: NotifyConfig) -> int:
-    """Create the topics, start /metrics and run the notifier until SIGTERM/SIGINT."""
-    import faulthandler
-    import signal
-
-    faulthandler.register(signal.SIGUSR1)  # thread stacks on demand, for a stuck notifier
-    ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
-    built = build(cfg)
-    banner = (f"clsmon notify: broker {cfg.broker}, topics {cfg.topic_prefix}alerts/alert-acks, "
-              f"escalation after {built.notifier.escalate_after_s:g} s")
-    return faust_app.serve_and_run(built.app, built.metrics, built.ready, banner, cfg.web_port,
-                         cfg.web_host, cfg.loglevel)
+def _settle(record: dict[str, Any]) -> None:
+    """Set ``done`` (every routed sink has an outcome) and ``open`` (work left); drop the
+    alert once nothing can need it (delivered and acknowledged, escalated, or superseded)."""
+    sinks = record.get("sinks", {})
+    record["done"] = "received_at" in record and "pending" not in sinks.values()
+    waiting = record.get("escalate_at") is not None and not record.get("ack")
+    escalating = "pending" in record.get("escalation_sinks", {}).values()
+    record["open"] = (not record["done"] and "received_at" in record) or waiting or escalating
+    if not record["open"] and "alert" in record:
+        finished = record.get("ack") or record.get("escalated") or record.get("superseded_by")
+        if finished or record.get("severity") not in ("warning", "high", "critical"):
+            record.pop("alert")

@@ -7,8 +7,10 @@ start at once and never move a notifier's offsets.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from streams.kafka import codec
@@ -51,42 +53,68 @@ def _records(consumer: Any, follow: bool, should_stop: Callable[[], bool],
             return
 
 
-def find_patient(bootstrap: str, names: TopicNames, alert_id: str, timeout_s: float = 10.0
-                 ) -> str | None:
-    """The patient of ``alert_id`` from the alerts topic (None when not found)."""
-    consumer = _consumer(bootstrap, [names.alerts])
+@dataclass(frozen=True, slots=True)
+class AlertStatus:
+    """What the topics say about one alert: its patient and its first acknowledgement."""
+
+    patient_id: str | None
+    ack: dict[str, Any] | None
+
+
+def find_alert(bootstrap: str, names: TopicNames, alert_id: str, patient: str | None = None,
+               timeout_s: float = 10.0) -> AlertStatus:
+    """Read ``alerts`` and ``alert-acks`` for ``alert_id`` (of ``patient`` only, if given)."""
+    consumer = _consumer(bootstrap, [names.alerts, names.alert_acks])
     deadline = time.monotonic() + timeout_s
+    pid: str | None = None
+    ack: dict[str, Any] | None = None
     try:
         for record in _records(consumer, False, lambda: time.monotonic() > deadline):
+            if patient and codec.key_text(record.key) != patient:
+                continue
             doc = codec.decode_object(record.value)
-            if isinstance(doc, dict) and doc.get("alert_id") == alert_id:
-                pid = doc.get("patient_id")
-                return pid if isinstance(pid, str) else None
+            if not isinstance(doc, dict) or doc.get("alert_id") != alert_id:
+                continue
+            if record.topic == names.alerts:
+                found = doc.get("patient_id")
+                pid = found if isinstance(found, str) else pid
+            elif ack is None and (doc.get("action") or "ack") == "ack":
+                ack = doc
     finally:
         consumer.close()
-    return None
+    return AlertStatus(pid, ack)
+
+
+class AlreadyDone(Exception):
+    """The acknowledgement was not published: no such alert, or acknowledged already."""
 
 
 def publish_ack(bootstrap: str, names: TopicNames, alert_id: str, by: str,
                 note: str | None = None, patient_id: str | None = None) -> dict[str, Any]:
-    """Publish ``{alert_id, by, at, note?}`` keyed by the patient; returns the ack."""
+    """Publish ``{alert_id, by, at, note?, action: "ack"}`` keyed by the alert's patient;
+    returns the ack. Raises ``AlreadyDone`` for an unknown or acknowledged alert."""
     if not by.strip():
         raise OnCallError("--by must name the person acknowledging")
-    pid = patient_id or find_patient(bootstrap, names, alert_id)
-    if not pid:
-        raise OnCallError(f"alert {alert_id} not found on {names.alerts}; give --patient")
-    ack: dict[str, Any] = {"alert_id": alert_id, "by": by, "at": codec.now_iso()}
+    status = find_alert(bootstrap, names, alert_id, patient_id)
+    if status.patient_id is None:
+        where = f" for patient {patient_id}" if patient_id else ""
+        raise AlreadyDone(f"no alert {alert_id}{where} on {names.alerts}: nothing acknowledged")
+    if status.ack is not None:
+        raise AlreadyDone(f"alert {alert_id} was already acknowledged by "
+                          f"{status.ack.get('by')} at {status.ack.get('at')}")
+    ack: dict[str, Any] = {"alert_id": alert_id, "by": by, "at": codec.now_iso(),
+                           "action": "ack"}
     if note:
         ack["note"] = note
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
-        producer.send(names.alert_acks, key=pid.encode(), value=codec.encode(ack)).get(
-            timeout=10)
+        producer.send(names.alert_acks, key=status.patient_id.encode(),
+                      value=codec.encode(ack)).get(timeout=10)
     finally:
         producer.close()
-    return {**ack, "patient_id": pid}
+    return {**ack, "patient_id": status.patient_id}
 
 
 def show_alerts(bootstrap: str, names: TopicNames, out: TextIO, follow: bool = False,
@@ -106,7 +134,7 @@ def show_alerts(bootstrap: str, names: TopicNames, out: TextIO, follow: bool = F
                 continue
             aid = doc["alert_id"]
             if record.topic == names.alert_acks:
-                if aid not in acks:
+                if (doc.get("action") or "ack") == "ack" and aid not in acks:
                     acks[aid] = doc
                     if follow:
                         print(_ack_line(doc, codec.key_text(record.key)), file=out,
@@ -140,8 +168,13 @@ def dumps(doc: dict[str, Any]) -> str:
 
 def ack_command(bootstrap: str, names: TopicNames, alert_id: str, by: str, note: str | None,
                 patient: str | None) -> int:
-    """``clsmon ack``: publish the acknowledgement and say so; returns the exit code."""
-    ack = publish_ack(bootstrap, names, alert_id, by, note, patient)
+    """``clsmon ack``: publish the acknowledgement and say so; returns the exit code (1: not
+    published, the alert is unknown or acknowledged already)."""
+    try:
+        ack = publish_ack(bootstrap, names, alert_id, by, note, patient)
+    except AlreadyDone as exc:
+        print(f"clsmon ack: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(f"acknowledged alert {ack['alert_id']} (patient {ack['patient_id']}) as {ack['by']} "
           f"at {ack['at']}", flush=True)
     return 0

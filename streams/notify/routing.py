@@ -1,21 +1,26 @@
 """Notification routing: which sinks get an alert, loaded from a TOML file.
 
 ```toml
-escalate_after_s = 600                  # optional; --escalate-after overrides
+escalate_after_s = 600                  # critical only; or per severity:
+# escalate_after_s = { critical = 600, high = 1800 }   (--escalate-after: critical)
+supersede_window_s = 15                 # hold warning/high this long for a critical to come
+
 
 [sinks.console]
 type = "console"
 
 [sinks.audit]
 type = "audit"
-path = "notifications.jsonl"
+path = "notifications.jsonl"            # relative: in the state directory
 
 [sinks.icu3-team]
 type = "webhook"
 url = "https://pager.example.org/hooks/icu3"
-timeout_s = 5
+timeout_s = 5                           # total per attempt
 retries = 4
 backoff_s = 1.0
+redirects = "never"                     # or "same-origin" (307/308 only)
+secret_env = "CLSMON_WEBHOOK_SECRET_ICU3"   # Standard Webhooks signing, whsec_... secret
 
 [default]                               # patients no route matches
 sinks = ["console", "audit"]
@@ -30,17 +35,40 @@ escalation = ["icu3-pager"]
 
 An alert goes to the route of its ``ward`` field when it has one, else to the route with the
 longest prefix of its ``patient_id``, else to ``[default]``. Unknown keys, unknown sink names and
-types are refused (``RoutingError``), so a typo never silently drops notifications.
+types are refused (``RoutingError``), so a typo never silently drops notifications. A relative
+audit path is a file in the state directory (``streams.ops.paths.state_dir``), never beside the
+config: a config kept in a source tree must not make it write patients' data there.
+
+Escalation is per severity: ``escalate_after_s`` is a number (critical alerts only, as before) or
+a table ``{critical = S, high = S, warning = S}``. ``supersede_window_s`` [D] is how long a
+``warning`` or ``high`` alert waits before it is delivered, so that a ``critical`` decided
+shortly after for the same patient, episode and phase (an albumin result completing the panel)
+supersedes it: one page per clinical event. 15 s covers a panel's results arriving as separate
+messages and a backlog being caught up; 0 turns it off.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.notify.sinks import AuditSink, ConsoleSink, Sink, WebhookSink
+from streams.notify.sinks import (
+    REDIRECT_POLICIES,
+    AuditSink,
+    ConsoleSink,
+    Sink,
+    WebhookSecretError,
+    WebhookSink,
+)
+from streams.ops.paths import state_dir
+
+#: severities that may be escalated, and the default delay (critical only, 600 s)
+ESCALATABLE = ("warning", "high", "critical")
+DEFAULT_ESCALATE_AFTER = {"critical": 600.0}
+DEFAULT_SUPERSEDE_WINDOW_S = 15.0
 
 
 class RoutingError(ValueError):
@@ -60,7 +88,9 @@ class Routing:
     sinks: dict[str, Sink]
     default: Route
     routes: list[Route] = field(default_factory=list)
-    escalate_after_s: float | None = None
+    #: severity -> seconds; None: not configured (the notifier's defaults apply)
+    escalate_after_s: dict[str, float] | None = None
+    supersede_window_s: float = DEFAULT_SUPERSEDE_WINDOW_S
 
     def route(self, doc: dict[str, Any]) -> Route:
         """The route of an alert (or an ack's patient): ward field, then longest prefix."""
@@ -89,11 +119,12 @@ class Routing:
 _SINK_KEYS = {
     "console": set(),
     "audit": {"path"},
-    "webhook": {"url", "timeout_s", "retries", "backoff_s", "max_backoff_s", "headers"},
+    "webhook": {"url", "timeout_s", "retries", "backoff_s", "max_backoff_s", "headers",
+                "redirects", "secret_env"},
 }
 
 
-def _sink(name: str, spec: Any, base_dir: Path) -> Sink:
+def _sink(name: str, spec: Any, base_dir: Path | None) -> Sink:
     if not isinstance(spec, dict):
         raise RoutingError(f"sinks.{name} must be a table")
     kind = spec.get("type")
@@ -109,7 +140,9 @@ def _sink(name: str, spec: Any, base_dir: Path) -> Sink:
         path = spec.get("path")
         if not isinstance(path, str) or not path:
             raise RoutingError(f"sinks.{name}: audit needs a path")
-        return AuditSink(str(base_dir / path) if not Path(path).is_absolute() else path, name)
+        if Path(path).is_absolute():
+            return AuditSink(path, name)
+        return AuditSink(str((base_dir or state_dir()) / path), name)
     url = spec.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise RoutingError(f"sinks.{name}: webhook needs an http:// or https:// url")
@@ -126,7 +159,23 @@ def _sink(name: str, spec: Any, base_dir: Path) -> Sink:
     headers = spec.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise RoutingError(f"sinks.{name}.headers must be a table of strings")
-    return WebhookSink(url, name=name, headers=dict(headers), **options)
+    redirects = spec.get("redirects", "never")
+    if redirects not in REDIRECT_POLICIES:
+        raise RoutingError(f"sinks.{name}.redirects must be one of {list(REDIRECT_POLICIES)}")
+    secret = None
+    if "secret_env" in spec:
+        var = spec["secret_env"]
+        if not isinstance(var, str) or not var:
+            raise RoutingError(f"sinks.{name}.secret_env must name an environment variable")
+        secret = os.environ.get(var)
+        if not secret:
+            raise RoutingError(f"sinks.{name}: environment variable {var} (the signing "
+                               "secret, whsec_...) is not set")
+    try:
+        return WebhookSink(url, name=name, headers=dict(headers), redirects=redirects,
+                           secret=secret, **options)
+    except WebhookSecretError as exc:
+        raise RoutingError(f"sinks.{name}: {spec['secret_env']}: {exc}") from exc
 
 
 def _names(where: str, value: Any, sinks: dict[str, Sink]) -> tuple[str, ...]:
@@ -140,8 +189,31 @@ def _names(where: str, value: Any, sinks: dict[str, Sink]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def routing_from_mapping(data: dict[str, Any], base_dir: Path = Path(".")) -> Routing:
-    unknown = sorted(set(data) - {"sinks", "default", "route", "escalate_after_s"})
+def _escalate_after(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(ESCALATABLE))
+        if unknown:
+            raise RoutingError(f"escalate_after_s: unknown severities {unknown} "
+                               f"(one of {list(ESCALATABLE)})")
+        items = value
+    else:
+        items = {"critical": value}
+    out = {}
+    for severity, after in items.items():
+        if isinstance(after, bool) or not isinstance(after, int | float) or after <= 0:
+            raise RoutingError("escalate_after_s must be a number of seconds > 0 (or a table "
+                               "of them per severity)")
+        out[severity] = float(after)
+    return out
+
+
+def routing_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> Routing:
+    """The routing of a parsed config; relative audit paths go to ``base_dir`` (default: the
+    state directory)."""
+    unknown = sorted(set(data) - {"sinks", "default", "route", "escalate_after_s",
+                                  "supersede_window_s"})
     if unknown:
         raise RoutingError(f"unknown keys {unknown}")
     raw_sinks = data.get("sinks", {})
@@ -173,11 +245,11 @@ def routing_from_mapping(data: dict[str, Any], base_dir: Path = Path(".")) -> Ro
         routes.append(Route(ward, tuple(prefixes),
                             _names(f"{where}.sinks", spec.get("sinks"), sinks),
                             _names(f"{where}.escalation", spec.get("escalation"), sinks)))
-    after = data.get("escalate_after_s")
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int | float)
-                              or after <= 0):
-        raise RoutingError("escalate_after_s must be a number of seconds > 0")
-    return Routing(sinks, default, routes, float(after) if after is not None else None)
+    window = data.get("supersede_window_s", DEFAULT_SUPERSEDE_WINDOW_S)
+    if isinstance(window, bool) or not isinstance(window, int | float) or window < 0:
+        raise RoutingError("supersede_window_s must be a number of seconds >= 0")
+    return Routing(sinks, default, routes, _escalate_after(data.get("escalate_after_s")),
+                   float(window))
 
 
 def load_routing(path: str | Path | None) -> Routing:
@@ -192,6 +264,6 @@ def load_routing(path: str | Path | None) -> Routing:
     except tomllib.TOMLDecodeError as exc:
         raise RoutingError(f"notification config {p} is not valid TOML: {exc}") from exc
     try:
-        return routing_from_mapping(data, p.parent)
+        return routing_from_mapping(data)
     except RoutingError as exc:
         raise RoutingError(f"{p}: {exc}") from exc

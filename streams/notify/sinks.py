@@ -1,30 +1,51 @@
 """Where notifications go: console, webhook (HTTP POST JSON), JSON-lines audit file.
 
-A sink is a plain object with a ``name`` and a blocking ``deliver(doc, key) -> Delivery``; the
-notifier runs it in a thread so a slow receiver never blocks the event loop (heartbeats, timers).
-``deliver`` never raises: every failure comes back as ``Delivery(ok=False, detail=...)`` so the
-notifier can count it, dead-letter it and move on.
+A sink is a plain object with a ``name`` and a blocking ``deliver(doc, key) -> Delivery``; a sink
+that can do better offers ``async deliver_async(doc, key) -> Delivery`` too, and the notifier
+awaits that one in its loop. Blocking sinks run in threads of their own (``max_in_flight`` per
+sink), so a slow or dead sink never holds up another sink, the next alert or the escalation
+timer. ``deliver`` never raises: every failure comes back as ``Delivery(ok=False, detail=...)``
+so the notifier can count it, dead-letter it and move on. ``records_only`` marks a sink that
+keeps a record and reaches nobody (the audit file): when every other sink of an alert failed,
+the notifier escalates at once.
 
-The webhook is the one that can fail. It retries connection errors, timeouts, 5xx, 408 and 429
-with exponential backoff (``backoff_s * 2**n``, capped at ``max_backoff_s``), at most ``retries``
-times, then gives up: a dead receiver costs at most about ``(retries + 1) * timeout_s`` plus the
-backoff sum per notification, never a stalled partition. Other 4xx are not retried (the request
-itself is wrong). Every attempt carries ``Idempotency-Key: <key>`` (the alert id, or
-``<alert id>-escalation`` for an escalation) so the receiver can drop what it already has.
+The webhook (aiohttp) is the one that can fail, and it fails loudly:
+
+- **A total deadline per attempt** (``timeout_s``): connecting, sending and receiving the status
+  line and headers together, not per socket read; a receiver trickling one byte every few
+  seconds cannot hold an alert longer than that. The outcome is the status code; the response
+  body is not read (nothing in it changes the outcome).
+- **Redirects are not followed.** A 3xx answer is a failed attempt with its ``Location`` in the
+  detail (urllib re-sent a redirected POST as a body-less GET whose 200 looked like a delivery).
+  307 and 308 keep the method and body by definition (RFC 9110, 15.4.8/15.4.9); with
+  ``redirects = "same-origin"`` those are re-POSTed when the target has the same scheme, host
+  and port, at most ``_MAX_REDIRECTS`` times inside the same deadline.
+- **Retries** on connection errors, timeouts, 5xx, 408 and 429, with exponential backoff
+  (``backoff_s * 2**n``, capped at ``max_backoff_s``), at most ``retries`` times; other 4xx and
+  3xx are not retried (the same request would get the same answer).
+- **Signed** when ``secret`` is set: the Standard Webhooks headers ``webhook-id`` (the key),
+  ``webhook-timestamp`` (Unix seconds of the attempt) and ``webhook-signature``
+  (``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, https://www.standardwebhooks.com/); the
+  secret (``whsec_<base64>``) comes from the environment, never from the config file.
+- Every attempt carries ``Idempotency-Key: <key>`` (the alert id, or ``<alert id>-escalation``)
+  so the receiver can drop what it already has.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+from urllib.parse import urljoin, urlsplit
 
 from streams.kafka import codec
 
@@ -32,6 +53,7 @@ PHASE_COLOURS = {"prodromal": "\033[33m", "leak": "\033[1;31m", "recovery": "\03
                  "none": "\033[36m"}
 RESET = "\033[0m"
 USER_AGENT = "clsmon-notifier/0.1"
+_MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +69,7 @@ class Sink(Protocol):
     name: str
 
     def deliver(self, doc: dict[str, Any], key: str) -> Delivery:
-        """Send one notification; never raises."""
+        """Send one notification (blocking); never raises."""
         ...
 
 
@@ -55,7 +77,9 @@ def format_alert(doc: dict[str, Any], colour: bool = False) -> str:
     """One line a person on call can read: when, who, which phase, how bad, why, which id."""
     esc = doc.get("escalation")
     head = "ESCALATION (unacknowledged) " if isinstance(esc, dict) else ""
-    line = (f"{head}{doc.get('raised_at', '?')}  {doc.get('patient_id', '?')}  "
+    where = " ".join(str(doc[k]) for k in ("ward", "bed") if doc.get(k))
+    line = (f"{head}{doc.get('raised_at', '?')}  {doc.get('patient_id', '?')}"
+            f"{f' ({where})' if where else ''}  "
             f"{doc.get('previous_phase', '?')} -> {doc.get('phase', '?')}  "
             f"[{str(doc.get('severity', '?')).upper()}]  {doc.get('summary', '')}  "
             f"(alert {doc.get('alert_id', '?')})")
@@ -87,6 +111,7 @@ class AuditSink:
 
     path: str
     name: str = "audit"
+    records_only: bool = True  # a record, not a person: see the notifier's escalation rule
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def deliver(self, doc: dict[str, Any], key: str) -> Delivery:
@@ -108,11 +133,40 @@ class AuditSink:
 
 
 _RETRY_STATUS = frozenset({408, 429})
+REDIRECT_POLICIES = ("never", "same-origin")
+
+
+class WebhookSecretError(ValueError):
+    """A signing secret that is not a Standard Webhooks secret."""
+
+
+def secret_bytes(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: base64 after the ``whsec_`` prefix."""
+    text = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise WebhookSecretError("a webhook secret is 'whsec_' followed by base64") from exc
+    if len(key) < 16:
+        raise WebhookSecretError("a webhook secret needs at least 16 bytes (24 base64 chars)")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body``."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode("ascii")
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 @dataclass
 class WebhookSink:
-    """HTTP POST of the notification as JSON, with retries and an ``Idempotency-Key``."""
+    """HTTP POST of the notification as JSON: total deadline per attempt, bounded retries, no
+    redirects followed (see the module docstring), optionally signed."""
 
     url: str
     name: str = "webhook"
@@ -121,35 +175,76 @@ class WebhookSink:
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
     headers: dict[str, str] = field(default_factory=dict)
-    sleep: Callable[[float], None] = time.sleep
+    #: "never" or "same-origin" (307/308 to the same scheme, host and port are re-POSTed)
+    redirects: str = "never"
+    #: Standard Webhooks secret (``whsec_...``); None: unsigned
+    secret: str | None = None
+    max_in_flight: int = 4
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self._key = secret_bytes(self.secret) if self.secret else None
 
     def deliver(self, doc: dict[str, Any], key: str) -> Delivery:
+        """Blocking form (tests, scripts): runs ``deliver_async`` in a fresh event loop."""
+        return asyncio.run(self.deliver_async(doc, key))
+
+    async def deliver_async(self, doc: dict[str, Any], key: str) -> Delivery:
+        import aiohttp
+
         body = codec.encode(doc)
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-                   **self.headers, "Idempotency-Key": key}
         detail = ""
         attempt = 0
-        for attempt in range(1, self.retries + 2):
-            retry, detail = self._post(body, headers)
-            if retry is None:
-                return Delivery(True, attempt, detail)
-            if not retry or attempt > self.retries:
-                break
-            self.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+        # one connection per attempt, closed after it: a half-read response never lingers
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0)) as session:
+            for attempt in range(1, self.retries + 2):
+                retry, detail = await self._attempt(session, body, key)
+                if retry is None:
+                    return Delivery(True, attempt, detail)
+                if not retry or attempt > self.retries:
+                    break
+                await self.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
         return Delivery(False, attempt, f"{self.url}: {detail}")
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[bool | None, str]:
-        """(None, detail) when delivered, else (should retry, why)."""
+    def _headers(self, body: bytes, key: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                   **self.headers, "Idempotency-Key": key}
+        if self._key is not None:
+            ts = int(self.clock())
+            headers.update({"webhook-id": key, "webhook-timestamp": str(ts),
+                            "webhook-signature": sign(self._key, key, ts, body)})
+        return headers
+
+    async def _attempt(self, session: Any, body: bytes, key: str) -> tuple[bool | None, str]:
+        """(None, detail) when delivered, else (should retry, why). One deadline for the whole
+        attempt, redirects (when allowed) included."""
+        import aiohttp
+
         try:
-            req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
-                resp.read()
-                return None, f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return (exc.code >= 500 or exc.code in _RETRY_STATUS), f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:  # refused, reset, timeout, DNS
-            reason = getattr(exc, "reason", exc)
-            return True, f"{type(exc).__name__}: {reason}"
-        except ValueError as exc:  # a URL urllib cannot use: retrying will not help
-            return False, f"ValueError: {exc}"
+            async with asyncio.timeout(self.timeout_s):
+                return await self._post(session, self.url, body, self._headers(body, key), 0)
+        except TimeoutError:
+            return True, f"no answer within the {self.timeout_s:g} s deadline"
+        except aiohttp.InvalidURL as exc:
+            return False, f"invalid URL: {exc}"
+        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, DNS, bad answer
+            return True, f"{type(exc).__name__}: {exc}"
+
+    async def _post(self, session: Any, url: str, body: bytes, headers: dict[str, str],
+                    hops: int) -> tuple[bool | None, str]:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            status = resp.status
+            location = resp.headers.get("Location")
+        if 200 <= status < 300:
+            return None, f"HTTP {status}" + (f" from {url}" if hops else "")
+        if 300 <= status < 400:
+            target = urljoin(url, location) if location else None
+            if (status in (307, 308) and target and self.redirects == "same-origin"
+                    and _same_origin(url, target) and hops < _MAX_REDIRECTS):
+                return await self._post(session, target, body, headers, hops + 1)
+            why = ("only 307/308 to the same origin may be followed, when configured"
+                   if self.redirects == "same-origin" else "redirects are not followed")
+            return False, f"HTTP {status} redirect to {location or '(no Location)'} ({why})"
+        return (status >= 500 or status in _RETRY_STATUS), f"HTTP {status}"
