@@ -6,7 +6,8 @@ One sub-package per concern (a test, ``tests/test_layout.py``, holds the import 
   the wire codec and dead-letter record, Faust settings and our corrections to its consumer;
 - ``streams.worker``: the stream worker: ingest, arrival-order merge, state store, outputs,
   the detection agent and its metrics;
-- ``streams.notify.notifier``: getting alerts to clinicians: the notifier, sinks, routing, and the
+- ``streams.board``: the clinicians' ward board (web): beds, alerts, acknowledgements, timelines;
+- ``streams.notify``: getting alerts to clinicians: the notifier, sinks, routing, and the
   on-call commands ``clsmon alerts`` / ``clsmon ack``;
 - ``streams.offline``: files instead of topics: replay, evaluation, simulator, plots and
   publishing files to the topics (never Faust);

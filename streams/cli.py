@@ -148,6 +148,10 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="take a waiting lab-panel decision once the patient has been quiet "
                         "this long (default 3)")
     _add_consumer_options(p)
+    p.add_argument("--silent-after-min", type=float,
+                   default=float(_env("CLSMON_SILENT_AFTER_MIN", "15")),
+                   help="a bed without data for this many minutes counts in clsmon_beds_silent "
+                        "(env CLSMON_SILENT_AFTER_MIN, default 15)")
     p.add_argument("--producer-max-batch-size", type=int, default=1,
                    help="bytes per produce batch; 1 (default) sends records one by one, which "
                         "Tansu needs for exact table recovery; 0 = aiokafka's default "
@@ -168,7 +172,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
         fetch_wait_ms=args.fetch_wait_ms, grace_ms=args.grace_ms,
         flush_idle_s=args.flush_idle_s,
         session_timeout_s=args.session_timeout, stall_after_s=args.stall_after,
-        producer_max_batch_size=args.producer_max_batch_size, loglevel=args.loglevel)
+        producer_max_batch_size=args.producer_max_batch_size, loglevel=args.loglevel,
+        silent_after_s=args.silent_after_min * 60)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -430,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
     _add_notify_parsers(sub)
     _add_import_parser(sub)
+    from streams.board.cli import add_parsers as add_board_parsers
+
+    add_board_parsers(sub, _env, DEFAULT_BROKER)
     return parser
 
 
@@ -438,10 +446,11 @@ _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundEr
 
 
 def _notify_errors() -> tuple[type[Exception], ...]:
+    from streams.board.cli import BoardError
     from streams.notify.oncall import OnCallError
     from streams.notify.routing import RoutingError
 
-    return (RoutingError, OnCallError)
+    return (RoutingError, OnCallError, BoardError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,6 @@
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kafka_broker import kafka_endpoint
@@ -24,3 +26,11 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("CLSMON_STATE_DIR", None)
     else:
         os.environ["CLSMON_STATE_DIR"] = previous
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The board's measured timings (alert to board, ack to other boards, ...), when run."""
+    from board_support import TIMINGS
+
+    if TIMINGS:
+        terminalreporter.write_line("board timings: " + json.dumps(TIMINGS, sort_keys=True))

@@ -37,3 +37,13 @@ def require(binary: str, package: str) -> str:
         pytest.fail(f"apt-get install {package} did not provide {binary}: "
                     f"{done.stderr[-2000:]}")
     return found
+
+
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (installed with apt when missing). The browser
+    binary itself, not /usr/bin/chromium: that is a shell wrapper adding flags from
+    /etc/chromium.d (and printing a harmless shell error on machines where /dev/shm is mounted
+    twice)."""
+    wrapper = require("chromium", "chromium")
+    real = "/usr/lib/chromium/chromium"
+    return real if os.access(real, os.X_OK) else wrapper

@@ -31,7 +31,8 @@ def test_docker_compose_config_validates_with_every_service():
     services = subprocess.run(cmd + ["--profile", "demo", "config", "--services"],
                               capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert set(services.split()) == {"kafka", "kafka-init", "worker-1", "worker-2", "simulator",
-                                     "prometheus", "alertmanager", "grafana"}
+                                     "notifier", "board", "prometheus", "alertmanager",
+                                     "grafana"}
     resolved = yaml.safe_load(subprocess.run(cmd + ["config"], capture_output=True, text=True,
                                              cwd=ROOT, check=True).stdout)
     assert resolved["services"]["simulator"]["profiles"] == ["demo"]  # only with --profile demo
@@ -40,6 +41,19 @@ def test_docker_compose_config_validates_with_every_service():
         assert service["command"][0] == "worker"
         assert service["environment"]["CLSMON_PARTITIONS"] == "6"  # = kafka-init's partitions
     assert "--partitions 6" in " ".join(resolved["services"]["kafka-init"]["command"])
+    notifier, board = resolved["services"]["notifier"], resolved["services"]["board"]
+    assert notifier["command"][0] == "notify" and board["command"][0] == "board"
+    assert "--web-port" in notifier["command"] and "6067" in notifier["command"]
+    assert board["environment"]["CLSMON_BOARD_METRICS_PORT"] == "6068"
+    # metrics listen inside the network only: no metrics port published on the host
+    published = {p["published"] for svc in resolved["services"].values()
+                 for p in svc.get("ports", [])}
+    assert not published & {"6066", "6067", "6068"}, published
+    assert "cleanup.policy=compact" in " ".join(resolved["services"]["kafka-init"]["command"])
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]}
+    assert {"worker-1:6066", "worker-2:6066", "notifier:6067", "board:6068"} <= targets
     simulator = resolved["services"]["simulator"]["command"]
     assert simulator[:3] == ["simulate", "--broker", "kafka://kafka:9092"]
 

@@ -85,8 +85,13 @@ def test_prometheus_scrapes_the_worker_and_the_rules_load(kafka_bootstrap: str,
         seen = wait_value(base, "sum(clsmon_observations_total)", lambda v: v >= len(messages))
         assert seen == pytest.approx(len(messages), rel=0.01)
         assert wait_value(base, "sum(clsmon_patients)", lambda v: v == 4) == 4
-        assert wait_value(base, "count(clsmon_bed_last_seen_timestamp_seconds)",
-                          lambda v: v == 4) == 4
+        assert wait_value(base, "sum(clsmon_beds_monitored)", lambda v: v == 4) == 4
+        assert wait_value(base, "sum(clsmon_beds_silent)", lambda v: v == 0) == 0
+        # no patient identifier in any label the worker exposes
+        series = json.load(urllib.request.urlopen(
+            f"{base}/api/v1/series?match[]={{job=%22clsmon%22}}", timeout=5))["data"]
+        labels = {v for s in series for k, v in s.items() if k not in ("__name__", "job")}
+        assert not [v for v in labels if "sim-" in v], labels  # the cohort's patient ids
         assert wait_value(base, "sum(clsmon_state_size_bytes_count)", lambda v: v > 0) > 0
         assert wait_value(base, "histogram_quantile(0.99, sum by (le) "
                                 "(clsmon_state_size_bytes_bucket))", lambda v: v > 0) <= 4096

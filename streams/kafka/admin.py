@@ -44,6 +44,7 @@ def create_topics(
     partitions: int = 1,
     replication_factor: int = 1,
     timeout_s: float = 10.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
     """Create topics that do not exist yet; existing ones are left as they are.
 
@@ -53,6 +54,7 @@ def create_topics(
         partitions: partitions of each new topic.
         replication_factor: replicas of each new topic (1 on a single broker).
         timeout_s: request timeout.
+        configs: topic configs by name (e.g. ``{"cleanup.policy": "compact"}``) for new topics.
 
     Returns:
         The names that were created by this call.
@@ -75,7 +77,8 @@ def create_topics(
         if not missing:
             return []
         spec = {
-            name: {"num_partitions": partitions, "replication_factor": replication_factor}
+            name: {"num_partitions": partitions, "replication_factor": replication_factor,
+                   "configs": (configs or {}).get(name, {})}
             for name in missing
         }
         response = admin.create_topics(spec, timeout_ms=ms, raise_errors=False)

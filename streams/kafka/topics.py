@@ -49,6 +49,11 @@ class TopicNames:
         return self.prefix + "alert-acks"
 
     @property
+    def patient_phase(self) -> str:
+        """Compacted: each patient's current phase (the worker's), a tombstone at discharge."""
+        return self.prefix + "patient-phase"
+
+    @property
     def notifications(self) -> str:
         """Delivery outcomes of the notifier (delivered, failed, superseded, escalations)."""
         return self.prefix + "notifications"
@@ -70,7 +75,16 @@ class TopicNames:
 
     def all(self) -> tuple[str, ...]:
         return (self.vitals, self.labs, self.patients, self.interventions, self.alerts,
-                self.alert_acks, self.notifications, self.dead_letters, self.ticks)
+                self.alert_acks, self.notifications, self.patient_phase, self.dead_letters,
+                self.ticks)
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic configs that differ from the broker's defaults. ``patient-phase`` keeps the
+        last record per patient (compaction) and drops a discharged patient's tombstone after a
+        day (``delete.retention.ms``), so a reader starting from the beginning gets the ward's
+        current picture, not its history."""
+        return {self.patient_phase: {"cleanup.policy": "compact",
+                                     "delete.retention.ms": str(24 * 3600 * 1000)}}
 
     def for_kind(self, kind: object) -> str:
         """The topic an observation of ``kind`` is published to (unknown kinds: vitals)."""
@@ -80,7 +94,7 @@ class TopicNames:
 
 def ensure_topics(bootstrap: str, names: TopicNames, partitions: int) -> list[str]:
     """Create the contract's topics if missing (idempotent); returns those created now."""
-    return create_topics(bootstrap, names.all(), partitions=partitions)
+    return create_topics(bootstrap, names.all(), partitions=partitions, configs=names.configs())
 
 
 def bootstrap_of(broker_url: str) -> str:

@@ -57,7 +57,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     ticks_topic = app.topic(names.ticks, **raw)
     table = faust_app.raw_table(app, TABLE_NAME, cfg.partitions)
     outputs = Outputs(app.topic(names.alerts, **raw), app.topic(names.dead_letters, **raw),
-                      metrics)
+                      metrics, app.topic(names.patient_phase, **raw))
     detector = Detector(cfg, th, metrics, StateStore(table, metrics.state_size.observe),
                         outputs)
     ready = threading.Event()

@@ -42,6 +42,11 @@ class WorkerConfig:
     #: Keep 1 on Tansu; on Apache Kafka set 0 (aiokafka's default batching).
     producer_max_batch_size: int = 1
     loglevel: str = "WARNING"
+    #: a bed without data for this long counts as silent (clsmon_beds_silent{ward}) [D]: the
+    #: ops rule's 15 minutes, three missed 5-minute vital sets
+    silent_after_s: float = 900.0
+    #: a bed silent this long is forgotten (a patient nobody discharged) [D]: one day
+    silent_expire_s: float = 86_400.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

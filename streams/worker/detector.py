@@ -34,6 +34,7 @@ from detectors.config import Thresholds
 from detectors.interventions import Intervention
 from detectors.observation import Observation, PatientContext, Rejection
 from detectors.phases import apply_context, flush, step
+from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
 from streams.worker.ingest import INTERVENTION, Refused, ingest
 from streams.worker.metrics import Metrics
@@ -66,6 +67,9 @@ class Detector:
         self._pending: dict[int, set[str]] = {}
         self._dirty: dict[int, set[str]] = {}
         self._unacked: dict[int, list[Any]] = {}
+        self.beds = SilentBeds()
+        self._bed_wards: set[str] = set()
+        self._beds_counted = 0.0
         #: ``(topic, partition) -> bool``: messages fetched but not yet received (the ordering
         #: merge must wait for them); set by ``streams.worker.app.build`` from the stall guard
         self.in_flight: Callable[[str, int], bool] | None = None
@@ -122,6 +126,8 @@ class Detector:
             alerts = flush(st, self.th)
             self.store.write(partition, pid)
             self.outputs.alerts(alerts, None)
+            if alerts:
+                self.outputs.phase(st, alerts)
         self.refresh_gauges()
 
     def on_revoked(self) -> None:
@@ -133,7 +139,7 @@ class Detector:
         self.store.clear()
         # the beds of revoked partitions are another worker's now: stop reporting them here,
         # or their "last seen" would age into a false "no data from bed" alert
-        self.metrics.bed_last_seen.clear()
+        self.beds.clear()
         self.metrics.consumer_lag.clear()
         self._update_buffered()  # the buffers were dropped: the gauge must say so
 
@@ -143,6 +149,25 @@ class Detector:
         if counts is not None:
             for phase, n in counts.items():
                 self.metrics.patients.labels(phase).set(n)
+        now = time.time()
+        if now - self._beds_counted >= 5.0:
+            self._beds_counted = now
+            self.refresh_beds(now)
+
+    def refresh_beds(self, now: float) -> None:
+        """Beds monitored and silent, by ward; a ward with no bed left loses its series."""
+        monitored, silent = self.beds.counts(now, self.cfg.silent_after_s,
+                                             self.cfg.silent_expire_s)
+        for ward in self._bed_wards - set(monitored):
+            for gauge in (self.metrics.beds_monitored, self.metrics.beds_silent):
+                try:
+                    gauge.remove(ward)
+                except KeyError:
+                    pass
+        self._bed_wards = set(monitored)
+        for ward, n in monitored.items():
+            self.metrics.beds_monitored.labels(ward).set(n)
+            self.metrics.beds_silent.labels(ward).set(silent.get(ward, 0))
 
     # -- detection -----------------------------------------------------------------------------
     def _release(self, partition: int, now: float) -> None:
@@ -185,7 +210,8 @@ class Detector:
         pid = value.patient_id
         msg = item.event.message
         self._last_active[pid] = now
-        self.metrics.bed_last_seen.labels(pid).set(now)
+        st_ward = self.store.get(pid)
+        self.beds.seen(pid, getattr(st_ward, "ward", None), now)
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
         if isinstance(value, PatientContext):
             self._on_context(value, partition, dirty)
@@ -209,6 +235,8 @@ class Detector:
         if isinstance(value, Observation):
             self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
         self.outputs.alerts(result.alerts, msg.timestamp)
+        if result.alerts:
+            self.outputs.phase(result.state, result.alerts)
 
     def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str]) -> None:
         pid = ctx.patient_id
@@ -217,13 +245,12 @@ class Detector:
         if st is not None:
             self.store.put(pid, st)
             dirty.add(pid)
+            self.outputs.phase(st, ())
             return
-        try:
-            self.metrics.bed_last_seen.remove(pid)  # discharged: no "silent bed" alert
-        except KeyError:
-            pass
+        self.beds.forget(pid)  # discharged: not a silent bed
         self._pending.get(partition, set()).discard(pid)
         self.store.forget(partition, pid)
+        self.outputs.discharged(pid)
 
     def _merge(self, partition: int, now: float) -> PartitionMerge[_Item]:
         merge = self._merges.get(partition)

@@ -56,11 +56,13 @@ class Metrics:
             "Messages in an input partition not yet fetched by this worker (highwater minus "
             "position; on the embedded Tansu broker the highwater can be wrong, see README)",
             ["topic", "partition"], registry=r)
-        self.bed_last_seen = Gauge(
-            "clsmon_bed_last_seen_timestamp_seconds",
-            "Wall clock when this worker last received an observation for the patient/bed "
-            "(removed at discharge and when the partition moves to another worker)",
-            ["patient_id"], registry=r)
+        self.beds_monitored = Gauge(
+            "clsmon_beds_monitored", "Beds of this worker's partitions with data in the last "
+            "day, by ward (no patient identifiers: the board lists the beds)", ["ward"],
+            registry=r)
+        self.beds_silent = Gauge(
+            "clsmon_beds_silent", "Beds whose last observation arrived more than the silent "
+            "limit ago (--silent-after-min, 15 by default), by ward", ["ward"], registry=r)
         self.state_size = Histogram(
             "clsmon_state_size_bytes",
             "JSON size of a patient's state as written to the table changelog (target < 4 KB)",

@@ -1,5 +1,6 @@
-"""Where the worker's results go: alerts to the ``alerts`` topic, refusals to ``dead-letters``,
-each counted in the worker's metrics.
+"""Where the worker's results go: alerts to the ``alerts`` topic, each patient's current phase
+to the compacted ``patient-phase`` topic (a tombstone at discharge), refusals to
+``dead-letters``, each counted in the worker's metrics.
 
 Sends are ``send_soon`` (buffered by Faust's producer, flushed before offsets are committed), so
 an alert or a dead letter is on its way before the message that caused it is acknowledged.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from detectors.alerts import Alert
-from detectors.observation import Rejection
+from detectors.observation import Rejection, format_time
+from detectors.state import PatientState
+from detectors.wording import evidence_line
 from streams.kafka import codec
 from streams.worker.ingest import kind_label
 from streams.worker.metrics import Metrics
@@ -21,13 +24,46 @@ from streams.worker.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class Outputs:
-    """The worker's two output topics and their counters."""
+def phase_record(st: PatientState, last: Alert | None) -> dict[str, Any]:
+    """The ``patient-phase`` value: the patient's current phase, severity, since when (event
+    time), episode, ward and bed when known, and the last alert's first evidence in clinical
+    words (``detectors.wording``)."""
+    doc: dict[str, Any] = {"patient_id": st.patient_id, "phase": st.phase,
+                           "severity": st.severity, "episode": st.episode,
+                           "updated_at": codec.now_iso()}
+    if st.phase_since:
+        doc["since"] = format_time(st.phase_since)
+    for name in ("ward", "bed"):  # carried by the ADT context (issue 15) when known
+        value = getattr(st, name, None)
+        if value:
+            doc[name] = value
+    if last is not None:
+        doc["alert_id"] = last.alert_id
+        if last.evidence:
+            doc["last_evidence"] = evidence_line(last.evidence[0].to_dict())
+    return doc
 
-    def __init__(self, alerts_topic: Any, dead_topic: Any, metrics: Metrics) -> None:
+
+class Outputs:
+    """The worker's output topics and their counters."""
+
+    def __init__(self, alerts_topic: Any, dead_topic: Any, metrics: Metrics,
+                 phase_topic: Any = None) -> None:
         self.alerts_topic = alerts_topic
         self.dead_topic = dead_topic
+        self.phase_topic = phase_topic
         self.metrics = metrics
+
+    def phase(self, st: PatientState, alerts: Sequence[Alert]) -> None:
+        """Publish the patient's current phase (after an alert or an ADT event)."""
+        if self.phase_topic is not None:
+            self.phase_topic.send_soon(key=st.patient_id.encode(), value=codec.encode(
+                phase_record(st, alerts[-1] if alerts else None)))
+
+    def discharged(self, patient_id: str) -> None:
+        """The patient left: a tombstone, so compaction forgets them."""
+        if self.phase_topic is not None:
+            self.phase_topic.send_soon(key=patient_id.encode(), value=None)
 
     def alerts(self, alerts: Iterable[Alert], msg_ts: float | None) -> None:
         """Publish alerts (keyed by patient); ``msg_ts`` (the deciding message's Kafka
