@@ -29,7 +29,7 @@ test: $(STAMP)  ## lint, type check, then every test (the integration tests star
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-demo: $(STAMP)  ## embedded broker + worker + simulated patients; alerts on screen, metrics on :6066
+demo: $(STAMP)  ## broker + worker + notifier + ward board + simulated patients (board on :8080)
 	$(BIN)/clsmon demo
 
 bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/

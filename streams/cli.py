@@ -417,9 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_options(p)
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("demo", help="broker + worker + simulated patients; alerts on screen",
-                       description="Start the embedded broker, a worker and the simulator, and "
-                                   "print alerts as they are raised. Ctrl-C stops everything.")
+    p = sub.add_parser("demo", help="broker, worker, notifier, board and simulated patients",
+                       description="Start the embedded broker, a worker, the notifier, the ward "
+                                   "board and the simulator; print alerts as they are raised "
+                                   "and a summary when the cohort is done. Ctrl-C stops "
+                                   "everything.")
     p.add_argument("--port", type=int, default=0,
                    help="broker port (default: a free one)")
     p.add_argument("--patients", type=int, default=int(_env("CLSMON_SIM_PATIENTS", "20")),
@@ -431,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int,
                    default=int(_env("CLSMON_METRICS_PORT", "6066") or 6066),
                    help="worker metrics port (env CLSMON_METRICS_PORT, default 6066)")
+    p.add_argument("--notify-port", type=int,
+                   default=int(_env("CLSMON_NOTIFY_METRICS_PORT", "6067") or 6067),
+                   help="notifier metrics port (env CLSMON_NOTIFY_METRICS_PORT, default 6067)")
+    p.add_argument("--board-port", type=int,
+                   default=int(_env("CLSMON_BOARD_PORT", "8080") or 8080),
+                   help="the ward board's port (env CLSMON_BOARD_PORT, default 8080)")
     _add_thresholds(p)
     p.set_defaults(func=_cmd_demo)
     _add_notify_parsers(sub)
@@ -447,10 +455,11 @@ _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundEr
 
 def _notify_errors() -> tuple[type[Exception], ...]:
     from streams.board.cli import BoardError
+    from streams.demo import DemoError
     from streams.notify.oncall import OnCallError
     from streams.notify.routing import RoutingError
 
-    return (RoutingError, OnCallError, BoardError)
+    return (RoutingError, OnCallError, BoardError, DemoError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
