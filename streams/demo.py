@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from streams.kafka.local import LOOPBACK, free_port
+from streams.kafka.local import LOOPBACK, free_port, port_in_use
 from streams.kafka.tansu import EmbeddedBroker
 from streams.kafka.topics import TopicNames, ensure_topics
 from streams.notify.sinks import format_alert
@@ -62,25 +62,13 @@ class Children:
         return None
 
 
-def _busy(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
-
-
 def check_ports(args: argparse.Namespace) -> None:
     """Refuse to start when a port the demo needs is taken, naming it and the flag to change."""
     wanted = [(args.port, "broker", "--port"), (args.web_port, "worker metrics", "--web-port"),
               (args.notify_port, "notifier metrics", "--notify-port"),
               (args.board_port, "ward board", "--board-port")]
     for port, what, flag in wanted:
-        if port and _busy(port):
+        if port and port_in_use(port):
             raise DemoError(f"port {port} ({what}) is in use: choose another with "
                             f"{flag} N (e.g. clsmon demo {flag} {free_port()})")
 

@@ -8,25 +8,15 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 from typing import Any
 
 from streams.board.users import ROLES, UsersFileError, add_command, default_users_file, load_users
+from streams.kafka.local import port_in_use
 from streams.ops.paths import state_dir
 
 
 class BoardError(ValueError):
     """Something the user can fix (a busy port, a bad users file)."""
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def add_parsers(sub: Any, env: Any, default_broker: str) -> None:
@@ -103,10 +93,10 @@ def board_command(args: argparse.Namespace) -> int:
         raise BoardError(str(exc)) from exc
     if not users:
         raise BoardError(f"{args.users} has no users: clsmon users add NAME --role clinician")
-    if not port_free(args.host, args.port):
+    if port_in_use(args.port, args.host):
         raise BoardError(f"port {args.port} on {args.host} is in use: choose another with "
                          "--port N (or CLSMON_BOARD_PORT)")
-    if args.metrics_port and not port_free(args.metrics_host, args.metrics_port):
+    if args.metrics_port and port_in_use(args.metrics_port, args.metrics_host):
         raise BoardError(f"metrics port {args.metrics_port} on {args.metrics_host} is in use: "
                          "choose another with --metrics-port N, or 0 for none")
     secret = os.environ.get("CLSMON_BOARD_SECRET")

@@ -18,6 +18,17 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """True when ``port`` on ``host`` cannot be bound now (another process listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def tail(path: Path, max_bytes: int = 4000) -> str:
     try:
         data = path.read_bytes()
