@@ -164,3 +164,5 @@ def test_the_patient_phase_record_says_where_and_why_in_clinical_words() -> None
     assert doc["last_evidence"].startswith("Low blood pressure: 78 mmHg (limit SBP <= 90 mmHg")
     assert "ward" not in doc  # only when the ADT feed gave one
     assert phase_record(st, None).get("last_evidence") is None
+    st.ward, st.bed = "icu3", "07"
+    assert {k: phase_record(st, None)[k] for k in ("ward", "bed")} == {"ward": "icu3", "bed": "07"}
