@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo bench bench-replay-10m bench-stream bench-load bench-soak clean help
+.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak clean help
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP)  ## lint, type check, then every test (the integration tests star
 	$(BIN)/ruff check detectors streams tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+screenshots: $(STAMP)  ## retake the board screenshots in docs/board/ (real browser); check them by eye
+	CLSMON_SCREENSHOTS=docs/board $(BIN)/pytest -q tests/test_board_browser.py
 
 demo: $(STAMP)  ## broker + worker + notifier + ward board + simulated patients (board on :8080)
 	$(BIN)/clsmon demo

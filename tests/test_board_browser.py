@@ -1,7 +1,8 @@
 """The ward board in a real browser: Playwright (Python) driving Debian's Chromium headless
 against the board served in this process (its state fed directly). Sign-in, live updates,
 ordering and ageing, the detail page with its timeline, acknowledging, roles, CSRF, cookies.
-The screenshots in docs/board/ (shown in the README) are taken here."""
+The screenshots are taken here: into a scratch folder on every run, into docs/board/ (the
+README's pictures) with `make screenshots`."""
 
 from __future__ import annotations
 
