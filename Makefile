@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak clean help
+.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak bench-hl7 clean help
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ bench-load: $(STAMP)  ## load: growth with beds (500/1,000/2,000, two workers, 5
 
 bench-soak: $(STAMP)  ## 2,000 beds, 30 minutes in real time: throughput, latency, RSS slope, plot
 	$(BIN)/python bench/load_bench.py --beds 2000 --time-scale 1 --soak 1800
+
+bench-hl7: $(STAMP)  ## HL7 listener: messages/s through MLLP to Kafka with ACKs, 1 and 16 connections (~1 min)
+	$(BIN)/python bench/hl7_bench.py

@@ -446,11 +446,146 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.board.cli import add_parsers as add_board_parsers
 
     add_board_parsers(sub, _env, DEFAULT_BROKER)
+    _add_interface_parsers(sub)
     return parser
 
 
 _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundError,
                                                  PermissionError)
+
+
+def _cmd_hl7_listen(args: argparse.Namespace) -> int:
+    from streams.interfaces.hl7.listener import ListenerConfig, run
+    from streams.kafka.topics import TopicNames, bootstrap_of
+
+    settings, _ = _interface_settings(args)
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"TLS file not found: {path}")
+    cfg = ListenerConfig(settings, TopicNames(args.topic_prefix), host=args.host, port=args.port,
+                         max_bytes=args.max_bytes, idle_timeout_s=args.idle_timeout,
+                         max_connections=args.max_connections,
+                         produce_timeout_s=args.produce_timeout, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+    return run(cfg, bootstrap_of(args.broker), partitions=args.partitions,
+               idempotence=args.idempotence, web_port=args.web_port, web_host=args.web_host)
+
+
+def _add_interface_parsers(sub: Any) -> None:
+    """``clsmon hl7 listen`` and ``clsmon publish`` (streams/interfaces)."""
+    hl7 = sub.add_parser("hl7", help="HL7 v2 interfaces (MLLP listener)",
+                         description="HL7 v2 over MLLP: see clsmon hl7 listen --help.")
+    hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True, metavar="COMMAND")
+    p = hl7_sub.add_parser(
+        "listen", help="MLLP server: ORU^R01 and ADT to the input topics, ACK after Kafka",
+        description="Receive HL7 v2 messages over MLLP (ORU^R01 results from monitor gateways "
+                    "and the laboratory, ADT A01/A02/A03/A04/A08/A11/A13), publish them to "
+                    "vitals, labs and patients, and acknowledge each (AA) only after Kafka "
+                    "acknowledged its records; AE/AR with ERR segments, and the raw message "
+                    "dead-lettered, for what cannot be used. Serves /metrics.")
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
+                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    _add_topic_prefix(p)
+    p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
+                   help="partitions of the topics if they must be created (default 3)")
+    p.add_argument("--host", default=_env("CLSMON_HL7_HOST", "0.0.0.0"),
+                   help="address to listen on (env CLSMON_HL7_HOST, default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=int(_env("CLSMON_HL7_PORT", "2575")),
+                   help="MLLP port (env CLSMON_HL7_PORT, default 2575, the IANA HL7 port)")
+    _add_interface_options(p)
+    p.add_argument("--max-bytes", type=int, default=int(_env("CLSMON_HL7_MAX_BYTES",
+                                                             str(1 << 20))),
+                   help="largest message; a larger block closes the connection (default 1 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                   help="close a connection silent this long (default 300 s)")
+    p.add_argument("--max-connections", type=int, default=200,
+                   help="connections at once; more are closed at once (default 200)")
+    p.add_argument("--produce-timeout", type=float, default=10.0, metavar="S",
+                   help="wait this long for Kafka, then answer AR (default 10 s)")
+    p.add_argument("--idempotence", action="store_true",
+                   help="Kafka idempotent producer (Apache Kafka; not on the embedded broker)")
+    p.add_argument("--tls-cert", default=_env("CLSMON_HL7_TLS_CERT"), metavar="PEM",
+                   help="serve MLLP over TLS with this certificate (env CLSMON_HL7_TLS_CERT)")
+    p.add_argument("--tls-key", default=_env("CLSMON_HL7_TLS_KEY"), metavar="PEM",
+                   help="its private key (env CLSMON_HL7_TLS_KEY)")
+    p.add_argument("--tls-client-ca", default=_env("CLSMON_HL7_TLS_CLIENT_CA"), metavar="PEM",
+                   help="require client certificates signed by this CA (mutual TLS)")
+    _add_web_options(p, "CLSMON_HL7_METRICS_PORT", 6068)
+    p.set_defaults(func=_cmd_hl7_listen, command="hl7 listen")
+
+    p = sub.add_parser(
+        "publish", help="a file of observations, FHIR or HL7 v2 messages to the input topics",
+        description="Publish a file to the vitals, labs and patients topics, through the same "
+                    "mapping as the HL7 listener and the worker: CSV/Parquet observations (the "
+                    "replay's long format), JSON lines (contract records or FHIR resources), a "
+                    "FHIR resource or Bundle, or HL7 v2 messages (MLLP-framed or plain). What "
+                    "would be refused is printed with its reason and not sent. Exit code 1 "
+                    "when anything was refused.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
+                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    p.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl", "fhir", "hl7"),
+                   default="auto", help="the file's format (default: told from its content)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only validate: print what would be refused, send nothing")
+    _add_topic_prefix(p)
+    p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
+                   help="partitions of the topics if they must be created (default 3)")
+    _add_interface_options(p)
+    p.set_defaults(func=_cmd_publish)
+
+
+def _interface_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Hl7Settings, FhirSettings) from the shared interface flags."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from streams.interfaces.codes import InterfaceError, load_tables
+    from streams.interfaces.fhir.inbound import FhirSettings
+    from streams.interfaces.hl7.inbound import Hl7Settings
+
+    try:
+        zone = ZoneInfo(args.sender_tz) if args.sender_tz else None
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InterfaceError(f"--sender-tz {args.sender_tz!r} is not a time zone name "
+                             f"({exc})") from exc
+    tables = load_tables(args.codes, args.units)
+    return (Hl7Settings(tables, args.id_authority, zone),
+            FhirSettings(tables, args.patient_system))
+
+
+def _add_interface_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id-authority", default=_env("CLSMON_HL7_ID_AUTHORITY"), metavar="CX4",
+                   help="HL7 PID-3 assigning authority of the patient id (env "
+                        "CLSMON_HL7_ID_AUTHORITY; default: PID-3 must hold one identifier)")
+    p.add_argument("--patient-system", default=_env("CLSMON_FHIR_PATIENT_SYSTEM"),
+                   metavar="URI", help="FHIR Identifier.system of the patient ids (env "
+                                       "CLSMON_FHIR_PATIENT_SYSTEM; default: the subject's "
+                                       "one identifier)")
+    p.add_argument("--sender-tz", default=_env("CLSMON_HL7_SENDER_TZ"), metavar="ZONE",
+                   help="time zone of HL7 senders whose times have no offset, e.g. "
+                        "Europe/Berlin (env CLSMON_HL7_SENDER_TZ; default: such times are "
+                        "refused)")
+    p.add_argument("--codes", default=_env("CLSMON_CODES"), metavar="CSV",
+                   help="code table (system,code,kind) instead of the built-in one (env "
+                        "CLSMON_CODES)")
+    p.add_argument("--units", default=_env("CLSMON_UNITS"), metavar="CSV",
+                   help="MDC unit table (system,code,ucum) (env CLSMON_UNITS)")
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from streams.interfaces.publish import run_publish
+    from streams.kafka.topics import TopicNames, bootstrap_of
+
+    hl7, fhir = _interface_settings(args)
+    return run_publish(args.file, bootstrap=None if args.dry_run else bootstrap_of(args.broker),
+                       names=TopicNames(args.topic_prefix), fmt=args.format, hl7=hl7,
+                       fhir=fhir, dry_run=args.dry_run, partitions=args.partitions)
+
+
+def _interface_errors() -> tuple[type[Exception], ...]:
+    from streams.interfaces.codes import InterfaceError
+
+    return (InterfaceError,)
 
 
 def _notify_errors() -> tuple[type[Exception], ...]:
@@ -470,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     expected: tuple[type[Exception], ...] = (*_EXPECTED_ERRORS, ReplayError, Mimic3Error,
-                                            *_notify_errors())
+                                            *_notify_errors(), *_interface_errors())
     try:
         return func(args)
     except expected as exc:

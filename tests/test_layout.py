@@ -28,6 +28,9 @@ RULES: dict[str, tuple[str, ...]] = {
                         "streams.ops", "streams.kafka.consumer", "streams.kafka.faust_app"),
     "streams/ops": ("streams.kafka", "streams.worker", "streams.notify", "streams.offline",
                     "faust"),
+    "streams/interfaces": ("streams.worker", "streams.notify", "streams.board", "faust", "mode",
+                           "streams.kafka.consumer", "streams.kafka.faust_app",
+                           "streams.offline.replay", "streams.offline.evaluate"),
 }
 
 

@@ -57,6 +57,7 @@ from streams.notify.sinks import Delivery, Sink
 
 log = logging.getLogger(__name__)
 ESCALATION_SUFFIX = "-escalation"
+ACK_SUFFIX = "-ack"  # the key of an acknowledgement's report to a sink (hl7-acm)
 ACK_ACTIONS = ("ack", "escalate")
 #: severities a more severe alert of the same event may supersede
 SUPERSEDABLE = ("warning", "high")
@@ -248,6 +249,13 @@ class Notifier:
                     {"event": ack["action"], "outcome": outcome, "patient_id": key, **ack})
         if outcome in ("duplicate", "escalate_refused"):
             return None
+        if ack["action"] != "escalate" and record.get("alert"):
+            # sinks that report acknowledgements too (hl7-acm: the alarm's inactivation state)
+            route = self.routing.route(record["alert"])
+            wants = [n for n in route.sinks
+                     if getattr(self.routing.sinks.get(n), "wants_acks", False)]
+            if wants:
+                record["ack_sinks"] = dict.fromkeys(wants, "pending")
         _settle(record)
         await self.ledger.put(record.get("partition", msg.partition), aid, record)
         return aid
@@ -303,6 +311,10 @@ class Notifier:
         if at is not None and now >= at and not record.get("escalated") and not record.get("ack"):
             async with self.lock:
                 record = await self._update(aid, self._mark_escalated)
+        for name, outcome in record.get("ack_sinks", {}).items():
+            if outcome == "pending" and name in self.routing.sinks:
+                self._start(aid, "ack", self.routing.sinks[name],
+                            {**doc, "ack": record.get("ack", {})}, aid + ACK_SUFFIX, partition)
         if record.get("escalated"):
             esc = {**doc, "escalation": record.get("escalation", {})}
             for name, outcome in record.get("escalation_sinks", {}).items():
@@ -361,8 +373,7 @@ class Notifier:
                     r, kind, sink.name, outcome, route))
             # counted once durable: a scrape never shows a delivery a restart would repeat
             self.metrics.delivery_seconds.labels(sink.name, kind).observe(seconds)
-            ok, bad = ("delivered", "failed") if kind == "alert" else ("escalated",
-                                                                      "escalation_failed")
+            ok, bad = _OUTCOME_LABELS[kind]
             self.metrics.notifications.labels(sink.name, ok if result.ok else bad).inc()
             if not result.ok:
                 self._failed(doc, kind, sink.name, key, result, route, partition)
@@ -378,7 +389,7 @@ class Notifier:
 
     def _outcome(self, record: dict[str, Any], kind: str, sink: str, outcome: str,
                  route: Route) -> None:
-        table = record.setdefault("sinks" if kind == "alert" else "escalation_sinks", {})
+        table = record.setdefault(_TABLES[kind], {})
         if table.get(sink) == "pending":
             table[sink] = outcome
         if kind == "alert" and self._nobody_reached(record, route):
@@ -466,6 +477,13 @@ class Notifier:
             sink.record(entry)
 
 
+#: what each delivery kind is recorded in, and its outcome labels (delivered, failed)
+_TABLES = {"alert": "sinks", "escalation": "escalation_sinks", "ack": "ack_sinks"}
+_OUTCOME_LABELS = {"alert": ("delivered", "failed"),
+                   "escalation": ("escalated", "escalation_failed"),
+                   "ack": ("ack_reported", "ack_report_failed")}
+
+
 def _settle(record: dict[str, Any]) -> None:
     """Set ``done`` (every routed sink has an outcome) and ``open`` (work left); drop the
     alert once nothing can need it (delivered and acknowledged, escalated, or superseded)."""
@@ -473,7 +491,9 @@ def _settle(record: dict[str, Any]) -> None:
     record["done"] = "received_at" in record and "pending" not in sinks.values()
     waiting = record.get("escalate_at") is not None and not record.get("ack")
     escalating = "pending" in record.get("escalation_sinks", {}).values()
-    record["open"] = (not record["done"] and "received_at" in record) or waiting or escalating
+    reporting = "pending" in record.get("ack_sinks", {}).values()
+    record["open"] = ((not record["done"] and "received_at" in record) or waiting or escalating
+                      or reporting)
     if not record["open"] and "alert" in record:
         finished = record.get("ack") or record.get("escalated") or record.get("superseded_by")
         if finished or record.get("severity") not in ("warning", "high", "critical"):

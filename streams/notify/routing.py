@@ -59,6 +59,8 @@ from streams.notify.sinks import (
     REDIRECT_POLICIES,
     AuditSink,
     ConsoleSink,
+    FhirSink,
+    Hl7AcmSink,
     Sink,
     WebhookSecretError,
     WebhookSink,
@@ -121,6 +123,11 @@ _SINK_KEYS = {
     "audit": {"path"},
     "webhook": {"url", "timeout_s", "retries", "backoff_s", "max_backoff_s", "headers",
                 "redirects", "secret_env"},
+    "hl7-acm": {"host", "port", "ack_timeout_s", "retries", "backoff_s", "max_backoff_s",
+                "sending_application", "sending_facility", "receiving_application",
+                "receiving_facility", "id_authority"},
+    "fhir": {"base_url", "patient_system", "alert_system", "timeout_s", "retries", "backoff_s",
+             "max_backoff_s", "headers"},
 }
 
 
@@ -143,6 +150,8 @@ def _sink(name: str, spec: Any, base_dir: Path | None) -> Sink:
         if Path(path).is_absolute():
             return AuditSink(path, name)
         return AuditSink(str((base_dir or state_dir()) / path), name)
+    if kind in ("hl7-acm", "fhir"):
+        return _interface_sink(name, kind, spec)
     url = spec.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise RoutingError(f"sinks.{name}: webhook needs an http:// or https:// url")
@@ -176,6 +185,52 @@ def _sink(name: str, spec: Any, base_dir: Path | None) -> Sink:
                            secret=secret, **options)
     except WebhookSecretError as exc:
         raise RoutingError(f"sinks.{name}: {spec['secret_env']}: {exc}") from exc
+
+
+def _numbers(name: str, spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in keys:
+        if key in spec:
+            value = spec[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise RoutingError(f"sinks.{name}.{key} must be a number >= 0")
+            options[key] = int(value) if key in ("retries", "port") else float(value)
+    return options
+
+
+def _interface_sink(name: str, kind: str, spec: dict[str, Any]) -> Sink:
+    """The clinical-interface sinks (streams/interfaces): an IHE ACM alert manager over MLLP,
+    a FHIR R4 server."""
+    texts = {k: v for k, v in spec.items() if isinstance(v, str)}
+    timing = _numbers(name, spec, ("retries", "backoff_s", "max_backoff_s"))
+    if kind == "hl7-acm":
+        from streams.interfaces.hl7.acm import AcmSender, AcmSettings
+
+        host, port = spec.get("host"), spec.get("port")
+        if not isinstance(host, str) or not host or not isinstance(port, int) \
+                or not 0 < port < 65536:
+            raise RoutingError(f"sinks.{name}: hl7-acm needs a host and a port (1-65535)")
+        names: dict[str, Any] = {k: texts[k] for k in (
+            "sending_application", "sending_facility", "receiving_application",
+            "receiving_facility", "id_authority") if k in texts}
+        settings = AcmSettings(**names)
+        ack = _numbers(name, spec, ("ack_timeout_s",))
+        return Hl7AcmSink(AcmSender(host, port, **ack, **timing), settings, name=name)
+    from streams.interfaces.fhir.outbound import FhirSystems
+
+    base = spec.get("base_url")
+    if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+        raise RoutingError(f"sinks.{name}: fhir needs an http:// or https:// base_url")
+    headers = spec.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise RoutingError(f"sinks.{name}.headers must be a table of strings")
+    systems: dict[str, Any] = {k: texts[k] for k in ("patient_system", "alert_system")
+                               if k in texts}
+    timeout = _numbers(name, spec, ("timeout_s",))
+    fhir_json = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    post = WebhookSink(base.rstrip("/"), name=name, headers={**fhir_json, **headers},
+                       **timeout, **timing)
+    return FhirSink(post, FhirSystems(**systems), name=name)
 
 
 def _names(where: str, value: Any, sinks: dict[str, Sink]) -> tuple[str, ...]:

@@ -248,3 +248,58 @@ class WebhookSink:
                    if self.redirects == "same-origin" else "redirects are not followed")
             return False, f"HTTP {status} redirect to {location or '(no Location)'} ({why})"
         return (status >= 500 or status in _RETRY_STATUS), f"HTTP {status}"
+
+
+@dataclass
+class Hl7AcmSink:
+    """IHE PCD ACM alert manager: ORU^R40 over MLLP (``streams.interfaces.hl7.acm``), one
+    message per alert and per acknowledgement (``wants_acks``); waits for each ACK and retries
+    (AR/CR, silence, connection errors; AE/CE is final)."""
+
+    sender: Any  # streams.interfaces.hl7.acm.AcmSender
+    settings: Any  # streams.interfaces.hl7.acm.AcmSettings
+    name: str = "hl7-acm"
+    wants_acks: bool = True
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def deliver(self, doc: dict[str, Any], key: str) -> Delivery:
+        from streams.interfaces.hl7.acm import AcmError, report_alert
+
+        attempts = 0
+        with self._lock:  # one MLLP connection: one message and its ACK at a time
+            try:
+                for message in report_alert(doc, int(self.clock() * 1000), self.settings):
+                    _, tries = self.sender.send(message)
+                    attempts += tries
+            except AcmError as exc:
+                return Delivery(False, max(attempts, 1), str(exc))
+        return Delivery(True, max(attempts, 1), "ACK")
+
+
+@dataclass
+class FhirSink:
+    """A FHIR R4 server: DetectedIssue with its evidence and a Communication, as one
+    transaction of conditional creates (``streams.interfaces.fhir.outbound``), POSTed to the
+    base URL by the webhook's delivery (deadline, retries, no redirects followed)."""
+
+    post: WebhookSink  # url = the FHIR base URL, Content-Type application/fhir+json
+    systems: Any  # streams.interfaces.fhir.outbound.FhirSystems
+    name: str = "fhir"
+
+    def _bundle(self, doc: dict[str, Any]) -> dict[str, Any] | Delivery:
+        from streams.interfaces.fhir.outbound import alert_bundle
+
+        try:
+            return alert_bundle(doc, self.systems)
+        except (KeyError, ValueError) as exc:
+            return Delivery(False, 1, f"the alert cannot be written as FHIR: {exc}")
+
+    def deliver(self, doc: dict[str, Any], key: str) -> Delivery:
+        bundle = self._bundle(doc)
+        return bundle if isinstance(bundle, Delivery) else self.post.deliver(bundle, key)
+
+    async def deliver_async(self, doc: dict[str, Any], key: str) -> Delivery:
+        bundle = self._bundle(doc)
+        return bundle if isinstance(bundle, Delivery) else await self.post.deliver_async(
+            bundle, key)

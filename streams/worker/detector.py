@@ -36,7 +36,7 @@ from detectors.observation import Observation, PatientContext, Rejection
 from detectors.phases import apply_context, flush, step
 from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
-from streams.worker.ingest import INTERVENTION, Refused, ingest
+from streams.worker.ingest import INTERVENTION, Mapped, Refused, ingest
 from streams.worker.metrics import Metrics
 from streams.worker.ordering import PartitionMerge
 from streams.worker.outputs import Outputs
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Item:
     event: Any  # faust Event (acknowledged once processed)
-    value: Any  # Observation | PatientContext | Intervention
+    value: Any  # Observation | Retraction | PatientContext | Intervention, or a list of them
 
 
 class Detector:
@@ -89,9 +89,15 @@ class Detector:
             if isinstance(value, Refused):
                 self.outputs.dead_letter(event, value.rejection, value.kind)
                 return
+            if isinstance(value, Mapped):  # FHIR: several values; the refused part dead-lettered
+                if value.refused is not None:
+                    self.outputs.dead_letter(event, value.refused.rejection, value.refused.kind,
+                                             ack=not value.values)
+                if not value.values:
+                    return
+            item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(msg.partition, now)
-            merge.push(msg.topic, _ts_ms(msg, now), msg.offset, _Item(event, value),
-                       int(now * 1000))
+            merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item, int(now * 1000))
             self._release(msg.partition, now)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
@@ -206,7 +212,13 @@ class Detector:
             event.ack()
 
     def _process(self, item: _Item, partition: int, now: float, dirty: set[str]) -> None:
-        value = item.value
+        # a list: the values of one FHIR resource (a NamedTuple value is a tuple: not a list)
+        values = item.value if isinstance(item.value, list) else (item.value,)
+        for value in values:  # one, or the values of a FHIR Bundle
+            self._process_one(item, value, partition, now, dirty)
+
+    def _process_one(self, item: _Item, value: Any, partition: int, now: float,
+                     dirty: set[str]) -> None:
         pid = value.patient_id
         msg = item.event.message
         self._last_active[pid] = now

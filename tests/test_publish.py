@@ -1,0 +1,82 @@
+"""``clsmon publish``: every file format an interface engineer has, told apart by content,
+validated by the listener's and the worker's own mapping, sent keyed to the input topics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hl7_corpus import T, adt, bad_messages, frame, lab_panel, monitor_loinc
+from stream_support import fresh_prefix, read_topic
+
+from streams.cli import main
+from streams.interfaces.publish import detect
+from streams.kafka.topics import TopicNames
+
+PANEL = {"resourceType": "Observation", "status": "final",
+         "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+         "subject": {"identifier": {"system": "urn:mrn", "value": "12345"}},
+         "effectiveDateTime": "2026-11-29T10:14:00+01:00",
+         "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                        "valueQuantity": {"value": 84, "system": "http://unitsofmeasure.org",
+                                          "code": "mm[Hg]"}}]}
+
+
+def files(tmp: Path) -> dict[str, Path]:
+    out = {"hl7": tmp / "feed.hl7", "framed": tmp / "feed.mllp", "fhir": tmp / "panel.json",
+           "jsonl": tmp / "records.jsonl", "csv": tmp / "obs.csv"}
+    out["hl7"].write_bytes(adt("A1", "A01") + monitor_loinc("L1", T, 84, 56, ending="\r\n"))
+    out["framed"].write_bytes(frame(lab_panel("LAB1", T, 58, 2.1), bad_messages()[5][1]))
+    out["fhir"].write_text(json.dumps(PANEL))
+    out["jsonl"].write_text(json.dumps({"patient_id": "12345", "event": "admit", "sex": "F"})
+                            + "\n" + json.dumps(PANEL) + "\n" + json.dumps(
+                                {"patient_id": "12345", "kind": "sbp", "value": 0,
+                                 "unit": "mmHg", "observed_at": "2026-11-29T10:00:00Z"}) + "\n")
+    out["csv"].write_text("patient_id,observed_at,kind,value,unit\n"
+                          "12345,2026-11-29T10:00:00Z,sbp,120,mmHg\n"
+                          "12345,20261129101500+0100,sbp,120,mmHg\n")
+    return out
+
+
+def test_the_format_is_told_from_the_content(tmp_path: Path) -> None:
+    assert {k: detect(p) for k, p in files(tmp_path).items()} == {
+        "hl7": "hl7", "framed": "hl7", "fhir": "fhir", "jsonl": "jsonl", "csv": "csv"}
+
+
+@pytest.mark.parametrize(("name", "code", "refused"), [
+    ("hl7", 0, []), ("framed", 1, ["bad_value"]), ("fhir", 0, []),
+    ("jsonl", 1, ["out_of_range"]), ("csv", 1, ["bad_time"])])
+def test_a_dry_run_prints_what_would_be_refused_and_sends_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, code: int,
+        refused: list[str]) -> None:
+    path = files(tmp_path)[name]
+    assert main(["publish", str(path), "--dry-run", "--id-authority", "HOSP",
+                 "--patient-system", "urn:mrn"]) == code
+    out = capsys.readouterr().out
+    assert [line.split(": ")[1] for line in out.splitlines() if line.startswith("refused")] \
+        == refused
+    assert "would send" in out
+
+
+def test_a_file_that_is_not_there_is_one_line_and_exit_2(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    assert main(["publish", str(tmp_path / "nope.hl7"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("clsmon publish: error: file not found")
+
+
+@pytest.mark.broker
+def test_publish_sends_each_record_keyed_to_its_topic(kafka_bootstrap: str,
+                                                      tmp_path: Path) -> None:
+    names = TopicNames(fresh_prefix())
+    paths = files(tmp_path)
+    for name in ("hl7", "fhir", "jsonl"):
+        main(["publish", str(paths[name]), "--broker", kafka_bootstrap, "--topic-prefix",
+              names.prefix, "--id-authority", "HOSP", "--patient-system", "urn:mrn"])
+    vitals = read_topic(kafka_bootstrap, names.vitals, lambda rs: len(rs) >= 4)
+    patients = read_topic(kafka_bootstrap, names.patients, lambda rs: len(rs) >= 2)
+    assert sorted(json.loads(r.value)["kind"] for r in vitals) == ["map", "sbp", "sbp", "sbp"]
+    assert {r.key for r in vitals + patients} == {b"12345"}
+    stamps = [r.timestamp for r in sorted(vitals + patients, key=lambda r: r.timestamp)]
+    assert len(set(stamps)) == len(stamps)  # per-patient increasing: the arrival order
