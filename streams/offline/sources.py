@@ -157,18 +157,20 @@ def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     ok = np.zeros(n, dtype=bool)
     iso = pc.fill_null(pc.match_substring_regex(arr, _FAST_ISO), False).to_numpy(
         zero_copy_only=False)
-    epoch = pc.fill_null(pc.match_substring_regex(arr, _FAST_EPOCH), False).to_numpy(
-        zero_copy_only=False)
+    epoch = np.zeros(n, dtype=bool) if iso.all() else pc.fill_null(
+        pc.match_substring_regex(arr, _FAST_EPOCH), False).to_numpy(zero_copy_only=False)
     if epoch.any():
         idx = np.flatnonzero(epoch)
         values = pc.cast(arr.take(pa.array(idx)), pa.int64()).to_numpy(zero_copy_only=False)
         ms[idx] = values
         ok[idx] = np.abs(values) >= MIN_ABS_EPOCH_MS
     rows = np.flatnonzero(iso)
+    every = len(rows) == n  # the usual file: every row in the fast shape, no gather needed
     for start in range(0, len(rows), _ARROW_CHUNK):
         idx = rows[start:start + _ARROW_CHUNK]
+        part = arr.slice(start, len(idx)) if every else arr.take(pa.array(idx))
         try:
-            stamps = pc.cast(arr.take(pa.array(idx)), pa.timestamp("ms", tz="UTC"))
+            stamps = pc.cast(part, pa.timestamp("ms", tz="UTC"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             stamps = None
         if stamps is not None and stamps.null_count == 0:
