@@ -1,6 +1,7 @@
-"""Stream benchmark: one worker's end-to-end throughput and latency at 1,000 observations/s.
+"""Stream benchmark: one worker's throughput next to a trivial Faust agent, and its latency at
+1,000 observations/s, on Apache Kafka and on the embedded Tansu broker, over several rounds.
 
-Runs on the embedded Tansu broker. Prints the figures and writes bench/results/stream.json.
+Prints every round and min/median/max per broker; writes bench/results/stream.json.
 
 1. Throughput: a backlog of simulated observations is published first, then a worker starts;
    observations/s = the middle 80 % of the backlog / the time it took (from 10 % to 90 %
@@ -14,15 +15,21 @@ Runs on the embedded Tansu broker. Prints the figures and writes bench/results/s
    and of clsmon_observation_to_alert_latency_seconds (-> alert emitted), interpolated from the
    histogram buckets.
 
-Both run with the worker's defaults (fetch wait 100 ms, ordering grace 300 ms), as shipped.
+Both run with the worker's defaults (fetch wait 100 ms, ordering grace 300 ms, aiokafka's
+producer batching), as shipped; on Tansu with ``--producer-max-batch-size 1``, which it needs.
+Apache Kafka runs with the JVM's default options (not the tests' fast-start ones).
+``--profile DIR`` records the first round's worker with py-spy (a flame graph SVG).
 
-Usage: python bench/stream_bench.py [--patients N] [--hours H]
+Usage: python bench/stream_bench.py [--engine kafka|tansu|both] [--rounds 3] [--patients N]
+       [--hours H] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from streams.kafka.local import free_port  # noqa: E402
-from streams.kafka.tansu import EmbeddedBroker  # noqa: E402
+from streams.kafka.engines import local_broker  # noqa: E402
+from streams.kafka.local import LocalBroker, free_port  # noqa: E402
 from streams.kafka.topics import TopicNames, ensure_topics  # noqa: E402
 from streams.offline.publish import Publisher, cohort_messages  # noqa: E402
 from streams.offline.simulator import cohort  # noqa: E402
@@ -54,7 +61,7 @@ cfg = WorkerConfig(broker=broker, topic_prefix=prefix, producer_max_batch_size=0
 app = faust.App(prefix + "trivial", broker=broker, **faust_settings(cfg, {tmp!r}))
 consumer.install(app, 100)
 raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-topic = app.topic(prefix + "patients", prefix + "vitals", prefix + "labs", **raw)
+topic = app.topic(*cfg.names.inputs, **raw)
 state = {{"n": 0, "first": None, "t10": None, "t90": None}}
 def write():
     open(out, "w").write(" ".join(str(state[k]) for k in ("n", "first", "t10", "t90"))
@@ -111,11 +118,14 @@ def _quantile(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
     return None
 
 
-def _start_worker(url: str, prefix: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_worker(url: str, prefix: str, workdir: Path, engine: str
+                  ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", url, "--web-port",
            str(port), "--web-host", "127.0.0.1", "--topic-prefix", prefix,
            "--data-dir", str(workdir / prefix)]
+    if engine == "tansu":
+        cmd += ["--producer-max-batch-size", "1"]
     log = open(workdir / f"{prefix}log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -152,9 +162,22 @@ def _crossing(samples: list[tuple[float, float]], count: float) -> float:
     raise ValueError(f"{count} not crossed")
 
 
-def throughput(broker: EmbeddedBroker, workdir: Path, patients: int, hours: float
-               ) -> dict[str, Any]:
-    names = TopicNames("bt.")
+def _profiled(proc: subprocess.Popen[bytes], profile: Path | None) -> Any:
+    """py-spy recording ``proc`` into ``profile`` until stopped: an SVG flame graph, or
+    collapsed stacks (``.txt``), or speedscope JSON (``.json``)."""
+    if profile is None:
+        return contextlib.nullcontext()
+    spy = Path(sys.executable).with_name("py-spy")
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".txt": "raw", ".json": "speedscope"}.get(profile.suffix, "flamegraph")
+    return subprocess.Popen([str(spy), "record", "--pid", str(proc.pid), "--rate", "100",
+                             "--output", str(profile), "--format", fmt, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, hours: float,
+               prefix: str, profile: Path | None = None) -> dict[str, Any]:
+    names = TopicNames(prefix)
     ensure_topics(broker.bootstrap, names, 3)
     messages = list(cohort_messages(cohort(patients, seed=7, hours=hours), names))
     pub = Publisher(broker.bootstrap)
@@ -162,11 +185,15 @@ def throughput(broker: EmbeddedBroker, workdir: Path, patients: int, hours: floa
         pub.send_doc(m)
     pub.close()
     n = len(messages)
-    proc, port = _start_worker(broker.url, names.prefix, workdir)
+    proc, port = _start_worker(broker.url, names.prefix, workdir, engine)
+    spy = _profiled(proc, profile)
     try:
         # polled every 0.25 s: each scrape costs the worker CPU
         samples = _wait_processed(port, n, timeout=600, every=0.25)
     finally:
+        if isinstance(spy, subprocess.Popen):
+            spy.send_signal(2)  # SIGINT: py-spy writes the flame graph
+            spy.wait(timeout=60)
         proc.terminate()
         proc.wait(timeout=30)
     middle = _crossing(samples, 0.9 * n) - _crossing(samples, 0.1 * n)
@@ -199,12 +226,12 @@ def throughput(broker: EmbeddedBroker, workdir: Path, patients: int, hours: floa
             "trivial_end_to_end_obs_per_s": round(n / (t_last - t_first))}
 
 
-def latency(broker: EmbeddedBroker, workdir: Path, rate: float, seconds: float
-            ) -> dict[str, Any]:
-    names = TopicNames("bl.")
+def latency(broker: LocalBroker, engine: str, workdir: Path, rate: float, seconds: float,
+            prefix: str) -> dict[str, Any]:
+    names = TopicNames(prefix)
     ensure_topics(broker.bootstrap, names, 3)
     messages = list(cohort_messages(cohort(12, seed=7, hours=96), names))[: int(rate * seconds)]
-    proc, port = _start_worker(broker.url, names.prefix, workdir)
+    proc, port = _start_worker(broker.url, names.prefix, workdir, engine)
     try:
         pub = Publisher(broker.bootstrap, linger_ms=0)
         start = time.monotonic()
@@ -234,28 +261,79 @@ def latency(broker: EmbeddedBroker, workdir: Path, rate: float, seconds: float
     }
 
 
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def run_engine(engine: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every round on one broker: throughput (worker, then the trivial agent) and latency."""
+    if engine == "kafka":
+        from streams.kafka.apache import KafkaCluster
+
+        broker: LocalBroker = KafkaCluster(nodes=1, heap="1g")  # the JVM's default options
+    else:
+        broker = local_broker("tansu", log_path=str(workdir / "tansu.log"))
+    rounds: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        broker.start()
+        stack.callback(broker.stop)
+        for r in range(1, args.rounds + 1):
+            profile = (Path(args.profile) / f"worker-{engine}.{args.profile_format}"
+                       if args.profile and r == 1 else None)
+            tp = throughput(broker, engine, workdir, args.patients, args.hours, f"bt{r}.",
+                            profile)
+            lat = latency(broker, engine, workdir, args.rate, args.seconds, f"bl{r}.")
+            print(f"{engine} round {r}: {tp['messages']} messages, worker "
+                  f"{tp['worker_obs_per_s']:,}/s, trivial Faust agent "
+                  f"{tp['trivial_agent_obs_per_s']:,}/s, ratio {tp['ratio_worker_to_trivial']}; "
+                  f"at {lat['achieved_rate']}/s: processing p50/p99 "
+                  f"{_s(lat['processing_p50_s'])}/{_s(lat['processing_p99_s'])} s, "
+                  f"{lat['alerts']:.0f} alerts p50/p99 {_s(lat['alert_p50_s'])}/"
+                  f"{_s(lat['alert_p99_s'])} s", flush=True)
+            rounds.append({"throughput": tp, "latency": lat})
+    summary = {
+        key: _spread([float(r[part][key]) for r in rounds if r[part][key] is not None])
+        for part, key in (("throughput", "worker_obs_per_s"),
+                          ("throughput", "trivial_agent_obs_per_s"),
+                          ("throughput", "ratio_worker_to_trivial"),
+                          ("latency", "processing_p50_s"), ("latency", "processing_p99_s"),
+                          ("latency", "alert_p50_s"), ("latency", "alert_p99_s"))}
+    print(f"{engine} over {len(rounds)} rounds (min / median / max): " + "; ".join(
+        f"{key} {_s(v['min'])} / {_s(v['median'])} / {_s(v['max'])}"
+        for key, v in summary.items()), flush=True)
+    return {"rounds": rounds, "summary": summary}
+
+
+def _s(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("kafka", "tansu", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--hours", type=float, default=72.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy profile of the first round's worker per broker")
+    parser.add_argument("--profile-format", choices=("svg", "txt", "json"), default="svg",
+                        help="flame graph, collapsed stacks or speedscope (default svg)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="clsmon-bench-"))
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-        tp = throughput(broker, workdir, args.patients, args.hours)
-        print(f"throughput: {tp['messages']} messages, worker {tp['worker_obs_per_s']:,}/s, "
-              f"trivial Faust agent {tp['trivial_agent_obs_per_s']:,}/s, "
-              f"ratio {tp['ratio_worker_to_trivial']} (end to end: worker "
-              f"{tp['worker_end_to_end_obs_per_s']:,}/s, trivial "
-              f"{tp['trivial_end_to_end_obs_per_s']:,}/s)", flush=True)
-        lat = latency(broker, workdir, args.rate, args.seconds)
-        print(f"latency at {lat['achieved_rate']}/s: processing p50 {lat['processing_p50_s']} s "
-              f"p99 {lat['processing_p99_s']} s; {lat['alerts']:.0f} alerts, "
-              f"alert p50 {lat['alert_p50_s']} s p99 {lat['alert_p99_s']} s", flush=True)
-    result = {"throughput": tp, "latency": lat, "broker": "tansu (embedded)",
-              "settings": {"producer_max_batch_size": 1, "fetch_wait_ms": 100, "grace_ms": 300,
-                           "note": "the worker's defaults"}}
+    engines = ("kafka", "tansu") if args.engine == "both" else (args.engine,)
+    result: dict[str, Any] = {
+        "settings": {"fetch_wait_ms": 100, "grace_ms": 300, "rounds": args.rounds,
+                     "patients": args.patients, "hours": args.hours,
+                     "note": "the worker's defaults; Tansu with --producer-max-batch-size 1"},
+        "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    for engine in engines:
+        result[engine] = run_engine(engine, args, workdir)
     write_results(ROOT / "bench" / "results" / "stream.json", result)
     return 0
 

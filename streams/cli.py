@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, overload
 
 from detectors.config import ThresholdsError, load_thresholds
@@ -105,6 +106,68 @@ def _add_topic_prefix(p: argparse.ArgumentParser) -> None:
                    help="prefix of every topic name (env CLSMON_TOPIC_PREFIX, default clsmon.)")
 
 
+def add_kafka_options(p: argparse.ArgumentParser, broker: bool = True) -> None:
+    """``--broker`` and the TLS/SASL options of every command that talks to Kafka; read them
+    back with ``kafka_connection(args)``. The password is never a flag: it comes from
+    ``CLSMON_SASL_PASSWORD`` or the file ``--sasl-password-file`` names."""
+    from streams.kafka.connection import SASL_MECHANISMS, SECURITY_PROTOCOLS
+
+    if broker:
+        p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
+                       metavar="HOST:PORT",
+                       help=f"bootstrap servers, HOST:PORT or kafka://HOST:PORT, comma-separated "
+                            f"(env CLSMON_BROKER, default {DEFAULT_BROKER}); TLS and SASL come "
+                            "from --security-protocol, never from the address")
+    g = p.add_argument_group("Kafka security (TLS and SASL)")
+    g.add_argument("--security-protocol", type=str.upper, choices=SECURITY_PROTOCOLS,
+                   default=_env("CLSMON_SECURITY_PROTOCOL", "PLAINTEXT"),
+                   help="Kafka's security.protocol (env CLSMON_SECURITY_PROTOCOL, default "
+                        "PLAINTEXT)")
+    g.add_argument("--sasl-mechanism", type=str.upper, choices=SASL_MECHANISMS,
+                   default=_env("CLSMON_SASL_MECHANISM"),
+                   help="with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (env "
+                        "CLSMON_SASL_MECHANISM, default PLAIN)")
+    g.add_argument("--sasl-username", metavar="USER", default=_env("CLSMON_SASL_USERNAME"),
+                   help="SASL user (env CLSMON_SASL_USERNAME)")
+    g.add_argument("--sasl-password-file", metavar="FILE",
+                   default=_env("CLSMON_SASL_PASSWORD_FILE"),
+                   help="file holding the SASL password (env CLSMON_SASL_PASSWORD_FILE); or "
+                        "put the password itself in env CLSMON_SASL_PASSWORD")
+    g.add_argument("--ssl-cafile", metavar="PEM", default=_env("CLSMON_SSL_CAFILE"),
+                   help="CA certificate(s) that signed the brokers' certificates (env "
+                        "CLSMON_SSL_CAFILE; default: the system's CAs)")
+    g.add_argument("--ssl-certfile", metavar="PEM", default=_env("CLSMON_SSL_CERTFILE"),
+                   help="client certificate for mutual TLS (env CLSMON_SSL_CERTFILE)")
+    g.add_argument("--ssl-keyfile", metavar="PEM", default=_env("CLSMON_SSL_KEYFILE"),
+                   help="its private key (env CLSMON_SSL_KEYFILE; an encrypted key's password "
+                        "in env CLSMON_SSL_KEY_PASSWORD)")
+
+
+def kafka_connection(args: argparse.Namespace) -> Any:
+    """The ``KafkaConnection`` (``streams.kafka.connection``) the options of
+    ``add_kafka_options`` describe.
+
+    Raises:
+        KafkaConfigError: an unknown scheme in --broker, a SASL protocol without a user or
+            password, TLS files without TLS, a file that does not exist.
+    """
+    from streams.kafka.connection import KafkaConfigError, KafkaConnection, KafkaSecurity
+
+    password = _env("CLSMON_SASL_PASSWORD")
+    if args.sasl_password_file:
+        try:
+            password = Path(args.sasl_password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise KafkaConfigError(f"cannot read the SASL password file "
+                                   f"{args.sasl_password_file}: {exc.strerror}") from exc
+    security = KafkaSecurity(
+        protocol=args.security_protocol, sasl_mechanism=args.sasl_mechanism,
+        username=args.sasl_username, password=password, cafile=args.ssl_cafile,
+        certfile=args.ssl_certfile, keyfile=args.ssl_keyfile,
+        key_password=_env("CLSMON_SSL_KEY_PASSWORD"))
+    return KafkaConnection.of(args.broker, security)
+
+
 def _add_consumer_options(p: argparse.ArgumentParser) -> None:
     """The consumer settings the worker and the notifier share (see streams/kafka/consumer.py)."""
     p.add_argument("--stall-after", type=float, default=_env("CLSMON_STALL_AFTER", "5"),
@@ -113,6 +176,31 @@ def _add_consumer_options(p: argparse.ArgumentParser) -> None:
                         "streams/kafka/consumer.py)")
     p.add_argument("--session-timeout", type=float, default=6.0,
                    help="consumer group session timeout in seconds (default 6)")
+
+
+def _add_replication(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--replication-factor", type=int,
+                   default=int(_env("CLSMON_REPLICATION_FACTOR", "1") or 1),
+                   help="replicas of the topics and changelogs this process creates (env "
+                        "CLSMON_REPLICATION_FACTOR, default 1; 3 on a production cluster, "
+                        "with min.insync.replicas 2)")
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    from streams.kafka.engines import ENGINES, ENV_VAR, default_engine
+
+    p.add_argument("--engine", choices=ENGINES, default=default_engine(),
+                   help=f"kafka = Apache Kafka (Java 17+), tansu = the embedded broker, auto = "
+                        f"Apache Kafka where Java 17+ is (env {ENV_VAR}, default auto)")
+
+
+def _add_producer_batch(p: argparse.ArgumentParser) -> None:
+    """The produce batch size of the worker and the notifier (their changelogs and outputs)."""
+    p.add_argument("--producer-max-batch-size", type=int,
+                   default=int(_env("CLSMON_PRODUCER_MAX_BATCH_SIZE", "0") or 0),
+                   help="bytes per produce batch; 0 (default) = aiokafka's batching; 1 sends "
+                        "records one by one, which the embedded Tansu broker needs for exact "
+                        "table recovery (env CLSMON_PRODUCER_MAX_BATCH_SIZE)")
 
 
 def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> None:
@@ -126,8 +214,8 @@ def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> No
 
 
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
-                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    add_kafka_options(p)
+    _add_replication(p)
     _add_web_options(p, "CLSMON_METRICS_PORT", 6066)
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
@@ -152,21 +240,19 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
                    default=float(_env("CLSMON_SILENT_AFTER_MIN", "15")),
                    help="a bed without data for this many minutes counts in clsmon_beds_silent "
                         "(env CLSMON_SILENT_AFTER_MIN, default 15)")
-    p.add_argument("--producer-max-batch-size", type=int, default=1,
-                   help="bytes per produce batch; 1 (default) sends records one by one, which "
-                        "Tansu needs for exact table recovery; 0 = aiokafka's default "
-                        "(Apache Kafka)")
+    _add_producer_batch(p)
     p.add_argument("--loglevel", default=_env("CLSMON_LOGLEVEL", "WARNING"),
                    help="log level (env CLSMON_LOGLEVEL, default WARNING)")
     _add_thresholds(p)
 
 
 def _worker_config(args: argparse.Namespace) -> Any:
-    from streams.kafka.topics import broker_url_of
     from streams.worker.config import WorkerConfig
 
+    connection = kafka_connection(args)
     return WorkerConfig(
-        broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
+        broker=connection.url, security=connection.security,
+        replication_factor=args.replication_factor, topic_prefix=args.topic_prefix,
         partitions=args.partitions, web_port=args.web_port, web_host=args.web_host,
         data_dir=args.data_dir, thresholds=args.thresholds, store=args.store,
         fetch_wait_ms=args.fetch_wait_ms, grace_ms=args.grace_ms,
@@ -177,16 +263,18 @@ def _worker_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    load_thresholds(args.thresholds)  # a bad file is reported before Kafka is touched
+    config = _worker_config(args)
+    config.connection.check()  # an unreachable broker: one line within seconds
     from streams.worker.app import run
 
-    load_thresholds(args.thresholds)  # a bad file is reported before Kafka is touched
-    return run(_worker_config(args))
+    return run(config)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from streams.kafka.tansu import run_broker_forever
+    from streams.kafka.engines import run_broker
 
-    return run_broker_forever(args.port)
+    return run_broker(args.engine, args.port, args.nodes)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -194,10 +282,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from streams.offline.simulator import simulate_to_file
 
         return simulate_to_file(args.to, _cohort(args))
-    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames
     from streams.offline.publish import simulate_to_broker
 
-    return simulate_to_broker(bootstrap_of(args.broker), TopicNames(args.topic_prefix),
+    connection = kafka_connection(args)
+    connection.check()  # before the cohort is made
+    return simulate_to_broker(connection, TopicNames(args.topic_prefix),
                               args.partitions, _cohort(args), args.speed or None, args.quiet)
 
 
@@ -209,13 +299,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import broker_url_of
-    from streams.notify.app import NotifyConfig, run
     from streams.notify.routing import load_routing
 
     load_routing(args.config)  # a bad file is a one-line error, before Faust starts
+    connection = kafka_connection(args)
+    connection.check()
+    from streams.notify.app import NotifyConfig, run
+
     return run(NotifyConfig(
-        broker=broker_url_of(args.broker), topic_prefix=args.topic_prefix,
+        broker=connection.url, security=connection.security,
+        replication_factor=args.replication_factor, topic_prefix=args.topic_prefix,
         partitions=args.partitions, config=args.config, escalate_after_s=args.escalate_after,
         escalate_high_after_s=args.escalate_high_after,
         escalation_check_s=args.escalation_check, web_port=args.web_port,
@@ -227,31 +320,31 @@ def _cmd_notify(args: argparse.Namespace) -> int:
 
 
 def _cmd_ack(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames
     from streams.notify.oncall import ack_command
 
-    return ack_command(bootstrap_of(args.broker), TopicNames(args.topic_prefix), args.alert_id,
+    return ack_command(kafka_connection(args), TopicNames(args.topic_prefix), args.alert_id,
                        args.by, args.note, args.patient)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
-    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames
     from streams.notify.oncall import show_alerts
 
-    show_alerts(bootstrap_of(args.broker), TopicNames(args.topic_prefix), sys.stdout,
+    show_alerts(kafka_connection(args), TopicNames(args.topic_prefix), sys.stdout,
                 follow=args.follow, patient=args.patient)
     return 0
 
 
 def _add_notify_parsers(sub: Any) -> None:
-    broker_help = f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})"
     p = sub.add_parser("notify", help="run the notifier: alerts to clinicians' sinks, acks, "
                                       "escalation",
                        description="Deliver each alert once to the sinks its ward's route names "
                                    "(console, webhook, audit file), take acknowledgements from "
                                    "alert-acks, and escalate critical alerts nobody "
                                    "acknowledged. Serves /metrics, /healthz, /readyz.")
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    add_kafka_options(p)
+    _add_replication(p)
     p.add_argument("--config", default=_env("CLSMON_NOTIFY_CONFIG"), metavar="TOML",
                    help="routing: sinks per ward (env CLSMON_NOTIFY_CONFIG; default: console "
                         "only); see deploy/notify.example.toml")
@@ -277,8 +370,7 @@ def _add_notify_parsers(sub: Any) -> None:
                    help="table store (env CLSMON_STORE, default memory://)")
     p.add_argument("--fetch-wait-ms", type=int, default=100, help="consumer fetch wait")
     _add_consumer_options(p)
-    p.add_argument("--producer-max-batch-size", type=int, default=1,
-                   help="1 (default) for Tansu's exact table recovery; 0 on Apache Kafka")
+    _add_producer_batch(p)
     p.add_argument("--commit-interval", type=float, default=0.5,
                    help="seconds between offset commits (default 0.5)")
     p.add_argument("--loglevel", default=_env("CLSMON_LOGLEVEL", "WARNING"),
@@ -294,7 +386,7 @@ def _add_notify_parsers(sub: Any) -> None:
     p.add_argument("--by", required=True, metavar="NAME", help="who acknowledges")
     p.add_argument("--note", help="free text stored with the acknowledgement")
     p.add_argument("--patient", metavar="PID", help="the alert's patient_id (skips the lookup)")
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    add_kafka_options(p)
     _add_topic_prefix(p)
     p.set_defaults(func=_cmd_ack)
 
@@ -303,7 +395,7 @@ def _add_notify_parsers(sub: Any) -> None:
                                    "with its acknowledgement; --follow keeps reading.")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new alerts")
     p.add_argument("--patient", metavar="PID", help="only this patient")
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER), help=broker_help)
+    add_kafka_options(p)
     _add_topic_prefix(p)
     p.set_defaults(func=_cmd_alerts)
 
@@ -401,13 +493,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=3,
                    help="partitions of the topics if they must be created (default 3)")
+    add_kafka_options(p, broker=False)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground",
-                       description="Run the embedded Kafka-compatible broker (Tansu, in-memory) "
-                                   "until Ctrl-C or SIGTERM. For development and the demo.")
-    p.add_argument("--port", type=int, default=9092, help="TCP port on 127.0.0.1 (default 9092)")
+    p = sub.add_parser("broker", help="run a local broker (Apache Kafka or Tansu) in the "
+                                      "foreground",
+                       description="Run a broker on 127.0.0.1 until Ctrl-C or SIGTERM, for "
+                                   "development and the demo: Apache Kafka (KRaft, from Maven "
+                                   "Central jars fetched by Maven on first use into "
+                                   "~/.cache/clsmon; needs Java 17+) or the embedded Tansu "
+                                   "(in-memory). It prints its address when ready and dies "
+                                   "with its parent process. Data is temporary.")
+    _add_engine(p)
+    p.add_argument("--port", type=int, default=9092,
+                   help="client port on 127.0.0.1 (default 9092; node i of --nodes 3 listens "
+                        "on PORT+i-1; 0 = free ports)")
+    p.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                   help="Apache Kafka nodes (KRaft, each broker and controller; default 1); "
+                        "with 3 new topics get 3 replicas and min.insync.replicas 2")
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser("worker", help="run the stream worker (Faust) against a Kafka broker",
@@ -418,10 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("demo", help="broker, worker, notifier, board and simulated patients",
-                       description="Start the embedded broker, a worker, the notifier, the ward "
+                       description="Start a local broker (Apache Kafka where Java 17+ is, else "
+                                   "the embedded Tansu), a worker, the notifier, the ward "
                                    "board and the simulator; print alerts as they are raised "
                                    "and a summary when the cohort is done. Ctrl-C stops "
                                    "everything.")
+    _add_engine(p)
     p.add_argument("--port", type=int, default=0,
                    help="broker port (default: a free one)")
     p.add_argument("--patients", type=int, default=int(_env("CLSMON_SIM_PATIENTS", "20")),
@@ -447,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_board_parsers(sub, _env, DEFAULT_BROKER)
     _add_interface_parsers(sub)
+    add_kafka_options(sub.choices["board"])  # --broker, TLS and SASL, as every Kafka command
     return parser
 
 
@@ -456,7 +563,7 @@ _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundEr
 
 def _cmd_hl7_listen(args: argparse.Namespace) -> int:
     from streams.interfaces.hl7.listener import ListenerConfig, run
-    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames
 
     settings, _ = _interface_settings(args)
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
@@ -467,7 +574,9 @@ def _cmd_hl7_listen(args: argparse.Namespace) -> int:
                          max_connections=args.max_connections,
                          produce_timeout_s=args.produce_timeout, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
-    return run(cfg, bootstrap_of(args.broker), partitions=args.partitions,
+    connection = kafka_connection(args)
+    connection.check()
+    return run(cfg, connection, partitions=args.partitions,
                idempotence=args.idempotence, web_port=args.web_port, web_host=args.web_host)
 
 
@@ -483,8 +592,7 @@ def _add_interface_parsers(sub: Any) -> None:
                     "vitals, labs and patients, and acknowledge each (AA) only after Kafka "
                     "acknowledged its records; AE/AR with ERR segments, and the raw message "
                     "dead-lettered, for what cannot be used. Serves /metrics.")
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
-                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    add_kafka_options(p)
     _add_topic_prefix(p)
     p.add_argument("--partitions", type=int, default=int(_env("CLSMON_PARTITIONS", "3")),
                    help="partitions of the topics if they must be created (default 3)")
@@ -522,8 +630,7 @@ def _add_interface_parsers(sub: Any) -> None:
                     "would be refused is printed with its reason and not sent. Exit code 1 "
                     "when anything was refused.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--broker", default=_env("CLSMON_BROKER", DEFAULT_BROKER),
-                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {DEFAULT_BROKER})")
+    add_kafka_options(p)
     p.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl", "fhir", "hl7"),
                    default="auto", help="the file's format (default: told from its content)")
     p.add_argument("--dry-run", action="store_true",
@@ -574,41 +681,42 @@ def _add_interface_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from streams.interfaces.publish import run_publish
-    from streams.kafka.topics import TopicNames, bootstrap_of
+    from streams.kafka.topics import TopicNames
 
     hl7, fhir = _interface_settings(args)
-    return run_publish(args.file, bootstrap=None if args.dry_run else bootstrap_of(args.broker),
+    return run_publish(args.file, bootstrap=None if args.dry_run else kafka_connection(args),
                        names=TopicNames(args.topic_prefix), fmt=args.format, hl7=hl7,
                        fhir=fhir, dry_run=args.dry_run, partitions=args.partitions)
 
 
-def _interface_errors() -> tuple[type[Exception], ...]:
-    from streams.interfaces.codes import InterfaceError
+#: the errors a user can fix, by module: a module that was never imported cannot have raised
+#: its error, so none is imported just to catch it (pandas alone costs seconds: an unreachable
+#: broker must be reported within 10 s)
+_USER_ERRORS = {"streams.offline.replay": "ReplayError",
+                "streams.offline.mimic3.mapping": "Mimic3Error",
+                "streams.kafka.connection": "BrokerError",
+                "streams.notify.oncall": "OnCallError",
+                "streams.notify.routing": "RoutingError",
+                "streams.board.cli": "BoardError",
+                "streams.demo": "DemoError",
+                "streams.interfaces.codes": "InterfaceError"}
 
-    return (InterfaceError,)
 
-
-def _notify_errors() -> tuple[type[Exception], ...]:
-    from streams.board.cli import BoardError
-    from streams.demo import DemoError
-    from streams.notify.oncall import OnCallError
-    from streams.notify.routing import RoutingError
-
-    return (RoutingError, OnCallError, BoardError, DemoError)
+def _expected_errors() -> tuple[type[Exception], ...]:
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS.items()
+                   if module in sys.modules)
+    return (*_EXPECTED_ERRORS, *loaded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from streams.offline.mimic3.mapping import Mimic3Error
-    from streams.offline.replay import ReplayError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    expected: tuple[type[Exception], ...] = (*_EXPECTED_ERRORS, ReplayError, Mimic3Error,
-                                            *_notify_errors(), *_interface_errors())
     try:
         return func(args)
-    except expected as exc:
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
         print(f"clsmon {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

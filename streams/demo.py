@@ -1,5 +1,5 @@
-"""``clsmon demo``: embedded broker + worker + notifier + ward board + simulator; alerts live on
-screen and on the board.
+"""``clsmon demo``: a local broker (Apache Kafka where Java 17+ is, else the embedded Tansu) +
+worker + notifier + ward board + simulator; alerts live on screen and on the board.
 
 The worker, the notifier and the board run as child processes in their own sessions (Faust wants
 the main thread and its own signal handling); the simulator publishes from a thread; the main
@@ -33,8 +33,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from streams.kafka.local import LOOPBACK, free_port, port_in_use
-from streams.kafka.tansu import EmbeddedBroker
+from streams.kafka.connection import connect
+from streams.kafka.engines import local_broker, resolve_engine
+from streams.kafka.local import LOOPBACK, LocalBroker, free_port, port_in_use
 from streams.kafka.topics import TopicNames, ensure_topics
 from streams.notify.sinks import format_alert
 from streams.offline.publish import Publisher, cohort_messages, publish
@@ -158,7 +159,10 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     names = TopicNames(os.environ.get("CLSMON_TOPIC_PREFIX", "clsmon."))
     logdir = demo_dir()
     data = Path(tempfile.mkdtemp(prefix="clsmon-demo-"))  # removed in the finally below
-    broker = EmbeddedBroker(args.port or free_port(), log_path=logdir / "broker.log")
+    engine = resolve_engine(getattr(args, "engine", "auto"), out)
+    if engine == "tansu":  # one record per produce batch: Tansu's end offsets (README)
+        os.environ["CLSMON_PRODUCER_MAX_BATCH_SIZE"] = "1"
+    broker = local_broker(engine, args.port or free_port(), str(logdir / "broker.log"))
     children = Children()
     sim: threading.Thread | None = None
     sim_done = threading.Event()
@@ -166,7 +170,8 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         broker.start()
         ensure_topics(broker.bootstrap, names, PARTITIONS)
-        say(out, f"broker    {broker.url}  (logs in {logdir})")
+        what = "Apache Kafka" if engine == "kafka" else "embedded Tansu"
+        say(out, f"broker    {what} at {broker.url}  (logs in {logdir})")
         start_worker(broker.url, names, args, data, logdir, children)
         start_notifier(broker.url, names, args, data, logdir, children)
         board_url = start_board(broker.url, names, args, logdir, children)
@@ -219,9 +224,9 @@ def _simulate(bootstrap: str, names: TopicNames, patients: list[Any], speed: flo
 
 
 def _consumer(bootstrap: str, topics: list[str]) -> Any:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = connect(bootstrap).consumer(enable_auto_commit=False)
     tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -258,7 +263,7 @@ def processed(metrics_port: int) -> float:
                if line.startswith("clsmon_observations_total{"))
 
 
-def _watch(broker: EmbeddedBroker, names: TopicNames, children: Children,
+def _watch(broker: LocalBroker, names: TopicNames, children: Children,
            stop: threading.Event, cohort_done: Callable[[], bool], board_url: str,
            out: TextIO) -> int:
     colour = out.isatty()

@@ -3,14 +3,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kafka_broker import kafka_endpoint
+from kafka_broker import KafkaEndpoint, kafka_endpoint
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """``host:port`` of a real broker for the session: Kafka in Docker, else embedded Tansu."""
+def kafka_broker() -> Iterator[KafkaEndpoint]:
+    """The session's broker: Apache Kafka by default, see ``kafka_broker.py``
+    (``CLSMON_TEST_BROKER``)."""
     with kafka_endpoint() as endpoint:
-        yield endpoint.bootstrap
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaEndpoint) -> str:
+    """``host:port`` of the session's broker."""
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture(autouse=True, scope="session")

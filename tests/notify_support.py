@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from stream_support import ROOT, WorkerProcess
+from stream_support import ROOT, WorkerProcess, child_env
 
 from detectors.alerts import alert_id
 
@@ -119,7 +118,7 @@ class NotifierProcess(WorkerProcess):
     """``python -m streams.cli notify`` in a child process (same helpers as the worker's)."""
 
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, config: Path,
-                 *extra: str) -> None:  # noqa: D107 - replaces WorkerProcess's command
+                 *extra: str, env: dict[str, str] | None = None) -> None:  # noqa: D107
         from streams.kafka.local import free_port
 
         self.port = free_port()
@@ -129,19 +128,19 @@ class NotifierProcess(WorkerProcess):
                "--partitions", "3", "--data-dir", str(data_dir / f"notify-{self.port}"),
                "--config", str(config), "--fetch-wait-ms", "10", "--escalation-check", "0.1",
                *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(env), stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          env=child_env(env), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 @dataclass

@@ -31,20 +31,24 @@ def fresh_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a clsmon child process: ours, the source tree first, ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
+
+
 class WorkerProcess:
     """``python -m streams.cli worker`` in a child process, with its metrics port."""
 
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, *extra: str,
-                 partitions: int = 3) -> None:
+                 partitions: int = 3, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = data_dir / f"worker-{self.port}.log"
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
                "--web-port", str(self.port), "--web-host", "127.0.0.1", "--topic-prefix", prefix,
                "--partitions", str(partitions), "--data-dir", str(data_dir / "faust"),
                "--flush-idle-s", "1", "--fetch-wait-ms", "10", *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(env), stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def url(self, path: str) -> str:
@@ -118,6 +122,17 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"{name}{labels} = {value}, expected >= {at_least}\n"
                              f"{self.output()}")
+
+    def wait_drained(self, name: str = "clsmon_ordering_buffer_messages",
+                     timeout: float = 15.0) -> None:
+        """Wait until the gauge ``name`` is 0: held messages are released after the ordering
+        grace and the next tick, not at once."""
+        deadline = time.monotonic() + timeout
+        while self.total(name) != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} = {self.total(name)} after {timeout} s\n"
+                                     f"{self.output()}")
+            time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:

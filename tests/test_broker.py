@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -144,3 +145,45 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize(("listening", "commands"), [
+    (False, ("worker", "notify", "alerts", "ack", "simulate")), (True, ("worker", "alerts"))],
+    ids=["refused", "silent"])
+def test_an_unreachable_broker_is_one_line_and_exit_code_2_within_10_s_for_every_command(
+        listening: bool, commands: tuple[str, ...], tmp_path: Path) -> None:
+    """Nothing on the port (connection refused), or a port that accepts and never answers:
+    each Kafka command says so in one line, exit code 2, within 10 s (not a 30-line traceback
+    after 30 s of silence). One command at a time: each is timed on its own."""
+    import socket
+    import subprocess
+    import sys
+
+    from stream_support import ROOT, child_env
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    if listening:
+        silent.listen(16)
+    broker = f"127.0.0.1:{silent.getsockname()[1]}"
+    arguments = {
+        "worker": ["worker", "--web-port", "0", "--data-dir", str(tmp_path / "w")],
+        "notify": ["notify", "--web-port", "0", "--data-dir", str(tmp_path / "n")],
+        "alerts": ["alerts"], "ack": ["ack", "0123456789abcdef", "--by", "Dr Grey"],
+        "simulate": ["simulate", "--patients", "2", "--hours", "6"],
+    }
+    try:
+        for name in commands:
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "streams.cli", *arguments[name],
+                                   "--broker", broker], cwd=ROOT, env=child_env(),
+                                  capture_output=True, text=True, timeout=60)
+            took = time.monotonic() - started
+            err = done.stderr
+            assert done.returncode == 2, (name, err)
+            assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+            assert f"clsmon {name}: error: cannot connect to Kafka at {broker}" in err, err
+            assert ("no Kafka answer" if listening else "connection refused") in err, err
+            assert took < 10, (name, took)
+    finally:
+        silent.close()

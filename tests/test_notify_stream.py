@@ -67,13 +67,11 @@ escalation = ["page"]
 
 def _publish(bootstrap: str, topic: str, docs: list[dict[str, Any]],
              key: str = "patient_id") -> None:
-    # one record per produce request, as the worker sends alerts on Tansu
-    # (--producer-max-batch-size 1): after batched sends Tansu reports wrong end offsets and
-    # a Faust consumer was seen to stop reading the partition (README, Tansu)
+    # batched, as any producer sends (on the embedded Tansu broker, which reports wrong end
+    # offsets after batched sends, this was one record per request)
     publisher = Publisher(bootstrap)
     for doc in docs:
         publisher.send(topic, doc[key], codec.encode(doc))
-        publisher.flush()
     publisher.close()
 
 

@@ -25,8 +25,6 @@ def add_parsers(sub: Any, env: Any, default_broker: str) -> None:
                                    "unacknowledged alerts first, live updates, the alert detail "
                                    "with its evidence and timeline, acknowledge and escalate "
                                    "now. Sign-in with the users file (clsmon users add).")
-    p.add_argument("--broker", default=env("CLSMON_BROKER", default_broker),
-                   help=f"kafka://HOST:PORT (env CLSMON_BROKER, default {default_broker})")
     p.add_argument("--port", type=int, default=int(env("CLSMON_BOARD_PORT", "8080")),
                    help="HTTP port (env CLSMON_BOARD_PORT, default 8080)")
     p.add_argument("--host", default=env("CLSMON_BOARD_HOST", "127.0.0.1"),
@@ -85,7 +83,7 @@ def users_command(args: argparse.Namespace) -> int:
 
 def board_command(args: argparse.Namespace) -> int:
     from streams.board.kafka_io import BoardConfig, run_board
-    from streams.kafka.topics import bootstrap_of
+    from streams.cli import kafka_connection
 
     try:
         users = load_users(args.users)
@@ -99,6 +97,8 @@ def board_command(args: argparse.Namespace) -> int:
     if args.metrics_port and port_in_use(args.metrics_port, args.metrics_host):
         raise BoardError(f"metrics port {args.metrics_port} on {args.metrics_host} is in use: "
                          "choose another with --metrics-port N, or 0 for none")
+    connection = kafka_connection(args)
+    connection.check()  # an unreachable broker: one line before the board starts
     secret = os.environ.get("CLSMON_BOARD_SECRET")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if not secret:
@@ -106,9 +106,9 @@ def board_command(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "CLSMON_BOARD_SECRET not set: a random secret, sessions end at restart")
     print(f"clsmon board: http://{args.host}:{args.port}/ (users {args.users}, broker "
-          f"{args.broker})", flush=True)
+          f"{connection.describe()})", flush=True)
     return asyncio.run(run_board(BoardConfig(
-        bootstrap=bootstrap_of(args.broker), users_file=args.users, secret=secret,
+        bootstrap=connection, users_file=args.users, secret=secret,
         port=args.port, host=args.host, topic_prefix=args.topic_prefix, audit_path=args.audit,
         secure_cookies=not args.insecure_cookies, display_tz=args.timezone,
         keep_hours=args.keep_hours, silent_after_s=args.silent_after_min * 60,

@@ -33,6 +33,7 @@ from streams.board.app import create_app
 from streams.board.metrics import BoardMetrics
 from streams.board.state import BoardState
 from streams.kafka import codec
+from streams.kafka.connection import Connectable, connect
 from streams.kafka.topics import TopicNames
 from streams.ops.http import serve
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BoardConfig:
-    bootstrap: str
+    bootstrap: Connectable  # a KafkaConnection (TLS, SASL) or a plaintext host:port
     users_file: str
     secret: str
     port: int = 8080
@@ -57,9 +58,10 @@ class BoardConfig:
     metrics_host: str = "127.0.0.1"
 
 
-def client_options(bootstrap: str) -> dict[str, Any]:
-    """aiokafka connection options (one place: TLS/SASL options join here)."""
-    return {"bootstrap_servers": bootstrap, "client_id": "clsmon-board"}
+def client_options(bootstrap: Connectable) -> dict[str, Any]:
+    """aiokafka connection options: addresses, TLS and SASL from the one connection object
+    (``streams.kafka.connection``)."""
+    return {**connect(bootstrap).aiokafka_options(), "client_id": "clsmon-board"}
 
 
 class KafkaPublisher:
@@ -126,7 +128,7 @@ async def _seek(consumer: AIOKafkaConsumer, names: TopicNames, keep_hours: float
                 consumer.seek(tp, at.offset)
 
 
-async def consume(state: BoardState, bootstrap: str, names: TopicNames, keep_hours: float,
+async def consume(state: BoardState, bootstrap: Connectable, names: TopicNames, keep_hours: float,
                   idle_s: float = 1.0, caught_up: Callable[[], None] = lambda: None) -> None:
     consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",

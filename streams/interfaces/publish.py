@@ -27,6 +27,7 @@ from detectors.observation import Rejection, normalise, parse_context
 from streams.interfaces.codes import InterfaceError
 from streams.interfaces.fhir.inbound import FhirSettings, is_fhir, read_fhir
 from streams.interfaces.hl7.inbound import Hl7Settings, read_message
+from streams.kafka.connection import Connectable
 from streams.kafka.topics import LAB_KINDS, TopicNames
 
 FORMATS = ("auto", "csv", "parquet", "jsonl", "fhir", "hl7")
@@ -167,7 +168,7 @@ class _Progress:
         self.out.flush()
 
 
-def run_publish(path: str, *, bootstrap: str | None, names: TopicNames, fmt: str,
+def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, fmt: str,
                 hl7: Hl7Settings, fhir: FhirSettings, dry_run: bool, partitions: int = 3,
                 out: TextIO | None = None) -> int:
     """``clsmon publish``: returns the exit code (see the module docstring)."""

@@ -1,33 +1,32 @@
 """Cluster administration the project needs: is a broker answering, create the topics.
 
-Uses kafka-python's ``KafkaAdminClient`` (synchronous), so callers need no event loop.
+Uses kafka-python's ``KafkaAdminClient`` (synchronous), so callers need no event loop, made from
+the one ``KafkaConnection`` (``streams.kafka.connection``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+
+from streams.kafka.connection import BrokerError, Connectable, connect
+
+__all__ = ["BrokerError", "create_topics", "metadata_error"]
 
 # Kafka error codes create_topics treats as success.
 _NO_ERROR = 0
 _TOPIC_ALREADY_EXISTS = 36
 
 
-class BrokerError(RuntimeError):
-    """The embedded broker could not be started or did not become ready."""
-
-
 def metadata_error(bootstrap: str, timeout_s: float) -> str | None:
     """None when the broker answers a real Kafka metadata request, else what went wrong."""
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="clsmon-broker-probe",
-            request_timeout_ms=max(int(timeout_s * 1000), 500),
-        )
-    except (KafkaError, OSError) as exc:
+        probe = dataclasses.replace(connect(bootstrap), connect_timeout_s=timeout_s)
+        admin = probe.admin(client_id="clsmon-broker-probe",
+                                         request_timeout_ms=max(int(timeout_s * 1000), 500))
+    except (BrokerError, KafkaError, OSError) as exc:
         return repr(exc)
     try:
         cluster = admin.describe_cluster()
@@ -39,7 +38,7 @@ def metadata_error(bootstrap: str, timeout_s: float) -> str | None:
 
 
 def create_topics(
-    bootstrap: str,
+    target: Connectable,
     names: Iterable[str],
     partitions: int = 1,
     replication_factor: int = 1,
@@ -49,7 +48,7 @@ def create_topics(
     """Create topics that do not exist yet; existing ones are left as they are.
 
     Args:
-        bootstrap: ``host:port`` of any broker.
+        target: a ``KafkaConnection``, or ``host:port`` of any broker (plaintext).
         names: topic names.
         partitions: partitions of each new topic.
         replication_factor: replicas of each new topic (1 on a single broker).
@@ -60,17 +59,18 @@ def create_topics(
         The names that were created by this call.
 
     Raises:
-        BrokerError: the broker refused to create a topic for another reason.
+        BrokerUnreachable: no broker answered, or the login failed.
+        BrokerError: the broker refused to create a topic for another reason (e.g. the user
+            may not: ``TopicAuthorizationFailed``).
     """
-    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
 
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
     ms = int(timeout_s * 1000)
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="clsmon-admin", request_timeout_ms=ms
-    )
+    connection = connect(target)
+    admin = connection.admin(request_timeout_ms=ms)
     try:
         existing = set(admin.list_topics())
         missing = [name for name in wanted if name not in existing]
@@ -82,6 +82,9 @@ def create_topics(
             for name in missing
         }
         response = admin.create_topics(spec, timeout_ms=ms, raise_errors=False)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create topics on {connection.describe()}: "
+                          f"{type(exc).__name__}: {exc}") from exc
     finally:
         admin.close()
     created: list[str] = []

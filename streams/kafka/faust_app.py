@@ -18,6 +18,7 @@ from typing import Any
 import faust
 
 from streams.kafka import consumer
+from streams.kafka.connection import Connectable, connect
 from streams.ops.counts import FINAL_COUNTS, final_counts
 from streams.ops.http import serve
 
@@ -27,8 +28,8 @@ RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer":
 
 
 def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeout_s: float,
-                   producer_max_batch_size: int, extra: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+                   producer_max_batch_size: int, replication_factor: int = 1,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Faust settings for a clsmon app.
 
     Args:
@@ -39,6 +40,8 @@ def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeou
             of it on the embedded broker (60 s default -> 30 s start, measured).
         producer_max_batch_size: bytes per produce batch; 1 sends records one by one (what the
             embedded Tansu broker needs for exact table recovery), 0 keeps aiokafka's default.
+        replication_factor: replicas of the changelog topics Faust creates (3 on a production
+            cluster, with ``min.insync.replicas`` 2).
         extra: settings that override the above (e.g. ``broker_commit_interval``).
     """
     settings: dict[str, Any] = {
@@ -48,7 +51,7 @@ def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeou
         "broker_request_timeout": max(10.0, session_timeout_s + 4),
         "broker_commit_interval": 0.5,
         "topic_partitions": partitions,
-        "topic_replication_factor": 1,
+        "topic_replication_factor": replication_factor,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
         "store": store,
@@ -65,11 +68,11 @@ def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeou
     return settings
 
 
-def new_app(app_id: str, broker: str, settings: dict[str, Any],
+def new_app(app_id: str, connection: Connectable, settings: dict[str, Any],
             fetch_wait_ms: int | None) -> faust.App:
-    """A Faust app (consumer group ``app_id``) with the corrections of
-    ``streams.kafka.consumer`` installed."""
-    app = faust.App(app_id, broker=broker, **settings)
+    """A Faust app (consumer group ``app_id``) on ``connection`` (its addresses, TLS and SASL)
+    with the corrections of ``streams.kafka.consumer`` installed."""
+    app = faust.App(app_id, **connect(connection).faust_options(), **settings)
     consumer.install(app, fetch_wait_ms)
     return app
 

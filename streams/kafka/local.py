@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Protocol, Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -49,3 +53,56 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the broker outlives a killed parent
         pass
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class LocalBroker(Protocol):
+    """What ``run_in_foreground`` needs of a broker (Tansu's ``EmbeddedBroker``, Apache
+    Kafka's ``KafkaCluster``)."""
+
+    @property
+    def bootstrap(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    def start(self) -> Self: ...
+    def stop(self) -> None: ...
+    def is_running(self) -> bool: ...
+    def output_tail(self) -> str: ...
+
+
+def run_in_foreground(broker: LocalBroker, name: str, ready: Callable[[], str]) -> int:
+    """Start ``broker``, print ``ready()`` (its addresses) and run until SIGTERM or SIGINT
+    (``clsmon broker``); returns the exit code: 0 after a signal, 1 if it died by itself.
+
+    A broker that cannot start raises (``BrokerError``) before anything is printed.
+    """
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        broker.start()
+        try:
+            print(ready(), flush=True)
+            print("stop with Ctrl-C or SIGTERM", flush=True)
+            while not stop.wait(0.5):
+                if not broker.is_running():
+                    print(f"{name} exited unexpectedly:\n{broker.output_tail()}", flush=True)
+                    return 1
+        finally:
+            broker.stop()
+        print(f"{name} stopped", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

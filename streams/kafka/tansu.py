@@ -17,18 +17,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Self
 
 from streams.kafka.admin import BrokerError, metadata_error
-from streams.kafka.local import LOOPBACK, die_with_parent, free_port, tail
+from streams.kafka.local import (
+    LOOPBACK,
+    die_with_parent,
+    free_port,
+    port_open,
+    run_in_foreground,
+    tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +197,7 @@ class EmbeddedBroker:
             time.sleep(0.05)
 
     def _port_open(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return port_open(self.host, self.port)
 
     def output_tail(self) -> str:
         """The last few kilobytes the broker wrote (empty once stopped with a temporary log)."""
@@ -244,29 +244,13 @@ class EmbeddedBroker:
 
 
 def run_broker_forever(port: int = 9092, *, log_path: str | None = None) -> int:
-    """Run the embedded broker in the foreground until SIGTERM or SIGINT (``clsmon broker``).
-
-    Prints the bootstrap address once the broker is ready.
+    """Run the embedded broker in the foreground until SIGTERM or SIGINT (``clsmon broker
+    --engine tansu``); prints the bootstrap address once it is ready.
 
     Returns:
         The process exit code: 0 after a signal, 1 if the broker died by itself.
     """
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with EmbeddedBroker(port, log_path=log_path) as broker:
-            print(f"tansu broker ready: bootstrap {broker.bootstrap} ({broker.url})", flush=True)
-            print("stop with Ctrl-C or SIGTERM", flush=True)
-            while not stop.wait(0.5):
-                if not broker.is_running():
-                    print(f"tansu broker exited unexpectedly:\n{broker.output_tail()}", flush=True)
-                    return 1
-        print("tansu broker stopped", flush=True)
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    broker = EmbeddedBroker(port, log_path=log_path)
+    return run_in_foreground(broker, "tansu broker",
+                             lambda: f"tansu broker ready: bootstrap {broker.bootstrap} "
+                                     f"({broker.url})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.kafka.admin import create_topics
+from streams.kafka.connection import Connectable, parse_servers
 
 DEFAULT_PREFIX = "clsmon."
 #: kinds published to the ``labs`` topic; every other kind is a bedside reading (``vitals``)
@@ -92,25 +93,24 @@ class TopicNames:
             else self.vitals
 
 
-def ensure_topics(bootstrap: str, names: TopicNames, partitions: int) -> list[str]:
-    """Create the contract's topics if missing (idempotent); returns those created now."""
-    return create_topics(bootstrap, names.all(), partitions=partitions, configs=names.configs())
+def ensure_topics(target: Connectable, names: TopicNames, partitions: int,
+                  replication_factor: int = 1) -> list[str]:
+    """Create the contract's topics if missing (idempotent); returns those created now.
+
+    ``target``: a ``KafkaConnection`` or a plaintext ``host:port``."""
+    return create_topics(target, names.all(), partitions=partitions,
+                         replication_factor=replication_factor, configs=names.configs())
 
 
 def bootstrap_of(broker_url: str) -> str:
-    """``kafka://h:p[;kafka://h2:p2]`` (Faust's form) -> ``h:p[,h2:p2]`` (Kafka clients')."""
-    hosts = []
-    for part in broker_url.replace(",", ";").split(";"):
-        part = part.strip()
-        if "://" in part:
-            part = part.split("://", 1)[1]
-        if part:
-            hosts.append(part.rstrip("/"))
-    if not hosts:
-        raise ValueError(f"no broker address in {broker_url!r}")
-    return ",".join(hosts)
+    """``kafka://h:p[;kafka://h2:p2]`` (Faust's form) -> ``h:p[,h2:p2]`` (Kafka clients').
+
+    Raises:
+        KafkaConfigError: an unknown scheme or no address (``connection.parse_servers``).
+    """
+    return ",".join(parse_servers(broker_url))
 
 
 def broker_url_of(address: str) -> str:
     """Accept ``host:port`` or ``kafka://host:port``; return Faust's ``kafka://`` form."""
-    return ";".join(f"kafka://{h}" for h in bootstrap_of(address).split(","))
+    return ";".join(f"kafka://{h}" for h in parse_servers(address))

@@ -16,7 +16,8 @@ from typing import Any
 import faust
 
 from streams.kafka import codec, consumer, faust_app
-from streams.kafka.topics import TopicNames, bootstrap_of, ensure_topics
+from streams.kafka.connection import KafkaConnection, KafkaSecurity
+from streams.kafka.topics import TopicNames, ensure_topics
 from streams.notify.ledger import TableLedger
 from streams.notify.notifier import Incoming, Notifier, NotifyMetrics
 from streams.notify.routing import DEFAULT_ESCALATE_AFTER, Routing, load_routing
@@ -28,6 +29,8 @@ TABLE_NAME = "notified"
 @dataclass(frozen=True, slots=True)
 class NotifyConfig:
     broker: str = "kafka://127.0.0.1:9092"
+    security: KafkaSecurity = KafkaSecurity()  # TLS and SASL (streams.kafka.connection)
+    replication_factor: int = 1  # of the topics and the changelog it creates
     topic_prefix: str = "clsmon."
     partitions: int = 3
     config: str | None = None  # TOML routing; None: console only
@@ -44,7 +47,7 @@ class NotifyConfig:
     #: re-read a partition whose fetched messages have not reached the agent for this long
     stall_after_s: float = 5.0
     session_timeout_s: float = 6.0
-    producer_max_batch_size: int = 1  # Tansu needs 1 for exact recovery (faust_app)
+    producer_max_batch_size: int = 0  # the embedded Tansu needs 1 for exact recovery
     commit_interval_s: float = 0.5
     loglevel: str = "WARNING"
 
@@ -56,6 +59,11 @@ class NotifyConfig:
     def app_id(self) -> str:
         return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-notifier"
 
+    @property
+    def connection(self) -> KafkaConnection:
+        """The cluster: ``broker`` with ``security``."""
+        return KafkaConnection.of(self.broker, self.security)
+
     def faust_settings(self, data_dir: str) -> dict[str, Any]:
         """The shared tuned settings (``streams.kafka.faust_app``), with the notifier's commit
         interval."""
@@ -63,6 +71,7 @@ class NotifyConfig:
             partitions=self.partitions, store=self.store, data_dir=data_dir,
             session_timeout_s=self.session_timeout_s,
             producer_max_batch_size=self.producer_max_batch_size,
+            replication_factor=self.replication_factor,
             extra={"broker_commit_interval": self.commit_interval_s})
 
     def escalate_after(self, routing: Routing) -> dict[str, float]:
@@ -90,7 +99,7 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
     metrics = metrics or NotifyMetrics()
     temporary = None if cfg.data_dir else tempfile.mkdtemp(prefix="clsmon-notify-")
     data_dir = cfg.data_dir or temporary or ""
-    app = faust_app.new_app(cfg.app_id, cfg.broker, cfg.faust_settings(data_dir),
+    app = faust_app.new_app(cfg.app_id, cfg.connection, cfg.faust_settings(data_dir),
                             cfg.fetch_wait_ms)
     names = cfg.names
     inputs = app.topic(names.alerts, names.alert_acks, **faust_app.RAW)
@@ -149,11 +158,11 @@ def run(cfg: NotifyConfig) -> int:
     import signal
 
     faulthandler.register(signal.SIGUSR1)  # thread stacks on demand, for a stuck notifier
-    ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
+    ensure_topics(cfg.connection, cfg.names, cfg.partitions, cfg.replication_factor)
     built = build(cfg)
     after = ", ".join(f"{s} {v:g} s" for s, v in sorted(built.notifier.escalate_after.items()))
-    banner = (f"clsmon notify: broker {cfg.broker}, topics {cfg.topic_prefix}alerts/alert-acks, "
-              f"escalation after {after}")
+    banner = (f"clsmon notify: broker {cfg.connection.describe()}, "
+              f"topics {cfg.topic_prefix}alerts/alert-acks, escalation after {after}")
     try:
         return faust_app.serve_and_run(built.app, built.metrics, built.ready, banner,
                                        cfg.web_port, cfg.web_host, cfg.loglevel)

@@ -15,6 +15,7 @@ from typing import Any
 
 from detectors.observation import parse_time_ms
 from streams.kafka import codec
+from streams.kafka.connection import Connectable, connect
 from streams.kafka.topics import LAB_KINDS, TopicNames
 from streams.offline.simulator import Patient
 
@@ -53,14 +54,16 @@ def cohort_messages(patients: Sequence[Patient], names: TopicNames) -> Iterator[
 
 
 class Publisher:
-    """A Kafka producer that stamps per-patient strictly increasing timestamps."""
+    """A Kafka producer that stamps per-patient strictly increasing timestamps.
 
-    def __init__(self, bootstrap: str, **producer_options: Any) -> None:
-        from kafka import KafkaProducer
+    Idempotent with ``acks=all`` (kafka-python's defaults): a leader that fails mid-stream
+    loses nothing and duplicates nothing. ``target``: a ``KafkaConnection`` or a plaintext
+    ``host:port``."""
 
-        options = {"linger_ms": 5, "acks": 1, "batch_size": 64 * 1024}
+    def __init__(self, target: Connectable, **producer_options: Any) -> None:
+        options: dict[str, Any] = {"linger_ms": 5, "batch_size": 64 * 1024}
         options.update(producer_options)
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap, **options)
+        self._producer = connect(target).producer(**options)
         self._last_ts: dict[str, int] = {}
         self.sent = 0
 
@@ -122,16 +125,16 @@ def publish(publisher: Publisher, messages: Iterable[Outgoing], speed: float | N
     return n
 
 
-def simulate_to_broker(bootstrap: str, names: TopicNames, partitions: int,
+def simulate_to_broker(target: Connectable, names: TopicNames, partitions: int,
                        patients: Sequence[Patient], speed: float | None, quiet: bool) -> int:
     """``clsmon simulate --broker``: create the topics if needed and publish the cohort paced
     by ``speed`` (simulated seconds per real second; None = as fast as possible), with a
     progress line every 2 s unless ``quiet``. Returns the exit code (0)."""
     from streams.kafka.topics import ensure_topics
 
-    ensure_topics(bootstrap, names, partitions)
+    ensure_topics(target, names, partitions)
     total = len(patients) + sum(len(p.observations) for p in patients)
-    publisher = Publisher(bootstrap)
+    publisher = Publisher(target)
     try:
         n = publish(publisher, cohort_messages(patients, names), speed=speed,
                     progress=None if quiet else _progress_printer(total))

@@ -24,7 +24,7 @@ import faust
 
 from detectors.config import load_thresholds
 from streams.kafka import consumer, faust_app
-from streams.kafka.topics import bootstrap_of, ensure_topics
+from streams.kafka.topics import ensure_topics
 from streams.worker.config import TABLE_NAME, WorkerConfig, faust_settings
 from streams.worker.detector import Detector
 from streams.worker.metrics import Metrics
@@ -49,7 +49,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     metrics = metrics or Metrics()
     data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-worker-")
     os.makedirs(data_dir, exist_ok=True)
-    app = faust_app.new_app(cfg.app_id, cfg.broker, faust_settings(cfg, data_dir),
+    app = faust_app.new_app(cfg.app_id, cfg.connection, faust_settings(cfg, data_dir),
                             cfg.fetch_wait_ms)
     names = cfg.names
     raw = faust_app.RAW
@@ -120,9 +120,9 @@ def run(cfg: WorkerConfig) -> int:
 
     Must run in the main thread (Faust installs signal handlers).
     """
-    ensure_topics(bootstrap_of(cfg.broker), cfg.names, cfg.partitions)
+    ensure_topics(cfg.connection, cfg.names, cfg.partitions, cfg.replication_factor)
     worker = build(cfg)
-    banner = (f"clsmon worker: broker {cfg.broker}, topics {cfg.topic_prefix}*, "
+    banner = (f"clsmon worker: broker {cfg.connection.describe()}, topics {cfg.topic_prefix}*, "
               f"{cfg.partitions} partitions")
     return faust_app.serve_and_run(worker.app, worker.metrics, worker.ready, banner,
                                    cfg.web_port, cfg.web_host, cfg.loglevel)

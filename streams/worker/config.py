@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.kafka import faust_app
+from streams.kafka.connection import KafkaConnection, KafkaSecurity
 from streams.kafka.topics import TopicNames
 
 TABLE_NAME = "patient-state"
@@ -17,6 +18,10 @@ class WorkerConfig:
     """Every knob of a worker; the CLI fills it from flags and ``CLSMON_*`` variables."""
 
     broker: str = "kafka://127.0.0.1:9092"
+    #: TLS and SASL (``streams.kafka.connection``)
+    security: KafkaSecurity = KafkaSecurity()
+    #: replicas of the topics and changelogs this worker creates (3 on a production cluster)
+    replication_factor: int = 1
     topic_prefix: str = "clsmon."
     partitions: int = 3
     web_port: int = 6066  # 0 = no HTTP server
@@ -37,10 +42,10 @@ class WorkerConfig:
     flush_idle_s: float = 3.0
     #: seconds; Tansu completes a group join after about half of it (60 s default -> 30 s start)
     session_timeout_s: float = 6.0
-    #: 1 = one record per produce batch. Tansu reports a wrong end offset after batched sends,
-    #: and Faust's table recovery stops there, losing the last state updates (measured).
-    #: Keep 1 on Tansu; on Apache Kafka set 0 (aiokafka's default batching).
-    producer_max_batch_size: int = 1
+    #: 0 = aiokafka's batching. 1 = one record per produce batch, which the embedded Tansu
+    #: broker needs: it reports a wrong end offset after batched sends, and Faust's table
+    #: recovery stops there, losing the last state updates (measured).
+    producer_max_batch_size: int = 0
     loglevel: str = "WARNING"
     #: a bed without data for this long counts as silent (clsmon_beds_silent{ward}) [D]: the
     #: ops rule's 15 minutes, three missed 5-minute vital sets
@@ -54,6 +59,11 @@ class WorkerConfig:
         return TopicNames(self.topic_prefix)
 
     @property
+    def connection(self) -> KafkaConnection:
+        """The cluster: ``broker`` with ``security``."""
+        return KafkaConnection.of(self.broker, self.security)
+
+    @property
     def app_id(self) -> str:
         """Consumer group and changelog prefix: one per topic prefix."""
         return (self.topic_prefix.rstrip(".-_") or "clsmon") + "-worker"
@@ -64,4 +74,5 @@ def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
     return faust_app.faust_settings(
         partitions=cfg.partitions, store=cfg.store, data_dir=data_dir,
         session_timeout_s=cfg.session_timeout_s,
-        producer_max_batch_size=cfg.producer_max_batch_size, extra=cfg.extra)
+        producer_max_batch_size=cfg.producer_max_batch_size,
+        replication_factor=cfg.replication_factor, extra=cfg.extra)

@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from streams.interfaces.hl7.ack import build_ack
 from streams.interfaces.hl7.inbound import Err, Hl7Settings, Reading, read_message
 from streams.kafka import codec
+from streams.kafka.connection import Connectable, connect
 from streams.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,13 @@ class RecordSink(Protocol):
 class KafkaRecords:
     """aiokafka producer with ``acks=all``: ``send_all`` waits for every delivery."""
 
-    def __init__(self, bootstrap: str, idempotence: bool = False,
+    def __init__(self, bootstrap: Connectable, idempotence: bool = False,
                  **client_options: Any) -> None:
         # enable_idempotence is right for Apache Kafka; the embedded Tansu broker answers
-        # InitProducerId with UnknownError, so it is a flag
-        self._options = dict(bootstrap_servers=bootstrap, acks="all",
-                             enable_idempotence=idempotence, linger_ms=2, **client_options)
+        # InitProducerId with UnknownError, so it is a flag. Addresses, TLS and SASL come from
+        # the one connection object (streams.kafka.connection).
+        self._options = {**connect(bootstrap).aiokafka_options(), "acks": "all",
+                         "enable_idempotence": idempotence, "linger_ms": 2, **client_options}
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -289,8 +291,8 @@ async def serve(cfg: ListenerConfig, sink: KafkaRecords, registry: CollectorRegi
         await sink.stop()
 
 
-def run(cfg: ListenerConfig, bootstrap: str, *, partitions: int = 3, idempotence: bool = False,
-        web_port: int = 6068, web_host: str = "0.0.0.0") -> int:  # noqa: S104
+def run(cfg: ListenerConfig, bootstrap: Connectable, *, partitions: int = 3,
+        idempotence: bool = False, web_port: int = 6068, web_host: str = "0.0.0.0") -> int:  # noqa: S104
     """``clsmon hl7 listen``: create the topics if missing, serve until SIGTERM; exit code."""
     from streams.kafka.topics import ensure_topics
     from streams.ops.http import serve as serve_http
