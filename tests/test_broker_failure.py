@@ -98,7 +98,9 @@ def test_a_killed_leader_and_a_rolling_restart_lose_nothing(cluster: KafkaCluste
 
     receiver = Receiver().start()
     config = tmp_path / "notify.toml"
-    config.write_text(f'[sinks.ward]\ntype = "webhook"\nurl = "{receiver.url("/ward")}"\n'
+    # supersede_window_s = 0: every alert is delivered (none held for a more severe one)
+    config.write_text(f'supersede_window_s = 0\n\n[sinks.ward]\ntype = "webhook"\n'
+                      f'url = "{receiver.url("/ward")}"\n'
                       'timeout_s = 2\nretries = 8\nbackoff_s = 0.2\n\n'
                       '[default]\nsinks = ["ward"]\n')
     worker = WorkerProcess(bootstrap, names.prefix, tmp_path, "--replication-factor", "3")

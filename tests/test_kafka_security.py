@@ -85,7 +85,8 @@ def test_every_command_works_on_a_locked_down_cluster_over_sasl_ssl_and_mutual_t
     password_file.write_text(secure.users["notifier"] + "\n")
     receiver = Receiver().start()
     config = tmp_path / "notify.toml"
-    config.write_text(f'[sinks.pager]\ntype = "webhook"\nurl = "{receiver.url("/hook")}"\n\n'
+    config.write_text(f'supersede_window_s = 0\n\n[sinks.pager]\ntype = "webhook"\n'
+                      f'url = "{receiver.url("/hook")}"\n\n'
                       '[default]\nsinks = ["pager"]\n')
     env = sasl_env(secure, "notifier", "PLAIN")
     del env["CLSMON_SASL_PASSWORD"]

@@ -103,9 +103,12 @@ def apply(state: BoardState, names: TopicNames, record: Any) -> None:
 async def _seek(consumer: AIOKafkaConsumer, names: TopicNames, keep_hours: float) -> None:
     topics = (names.alerts, names.alert_acks, names.notifications, names.patient_phase,
               names.vitals, names.labs)
-    await consumer.topics()  # metadata
+    # the cluster's metadata, not the consumer's cache: that holds only the topics it already
+    # tracks, so on Apache Kafka (which answers for the topics asked) a fresh reader found no
+    # partitions and read nothing (on Tansu it happened to hold them all)
+    cluster = await consumer._client.fetch_all_metadata()
     tps = [TopicPartition(t, p) for t in topics
-           for p in sorted(consumer.partitions_for_topic(t) or ())]
+           for p in sorted(cluster.partitions_for_topic(t) or ())]
     consumer.assign(tps)
     history = [tp for tp in tps if tp.topic not in (names.vitals, names.labs)]
     recent = [tp for tp in tps if tp.topic in (names.vitals, names.labs)]
