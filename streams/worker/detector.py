@@ -73,6 +73,8 @@ class Detector:
         #: ``(topic, partition) -> bool``: messages fetched but not yet received (the ordering
         #: merge must wait for them); set by ``streams.worker.app.build`` from the stall guard
         self.in_flight: Callable[[str, int], bool] | None = None
+        self._buffered = -1  # the last value of clsmon_ordering_buffer_messages
+        self._counters: dict[tuple[str, str], Any] = {}
 
     # -- entry points ------------------------------------------------------------------------
     def on_event(self, event: Any, now: float | None = None) -> None:
@@ -201,7 +203,11 @@ class Detector:
         self._update_buffered()
 
     def _update_buffered(self) -> None:
-        self.metrics.buffered.set(sum(len(m) for m in self._merges.values()))
+        # once per message: set the gauge (a lock) only when the count changed
+        buffered = sum(len(m) for m in self._merges.values())
+        if buffered != self._buffered:
+            self._buffered = buffered
+            self.metrics.buffered.set(buffered)
 
     def _persist(self, partition: int) -> None:
         """Write each patient changed since the last call once, then acknowledge the messages
@@ -222,13 +228,12 @@ class Detector:
         pid = value.patient_id
         msg = item.event.message
         self._last_active[pid] = now
-        st_ward = self.store.get(pid)
-        self.beds.seen(pid, getattr(st_ward, "ward", None), now)
+        st = self.store.get(pid)
+        self.beds.seen(pid, getattr(st, "ward", None), now)
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
         if isinstance(value, PatientContext):
             self._on_context(value, partition, dirty)
             return
-        st = self.store.get(pid)
         result = step(st, value, self.th)
         if st is None:
             self.store.put(pid, result.state)
@@ -237,7 +242,7 @@ class Detector:
             self.outputs.dead_letter(item.event, why, value.kind, ack=False)
         else:
             label = INTERVENTION if isinstance(value, Intervention) else value.kind
-            self.metrics.observations.labels(label, result.status).inc()
+            self._counter(label, result.status).inc()
         if result.status != "duplicate":
             dirty.add(pid)
         if result.state.pending:
@@ -253,7 +258,7 @@ class Detector:
     def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str]) -> None:
         pid = ctx.patient_id
         st = apply_context(self.store.get(pid), ctx)
-        self.metrics.observations.labels("context", "context").inc()
+        self._counter("context", "context").inc()
         if st is not None:
             self.store.put(pid, st)
             dirty.add(pid)
@@ -263,6 +268,15 @@ class Detector:
         self._pending.get(partition, set()).discard(pid)
         self.store.forget(partition, pid)
         self.outputs.discharged(pid)
+
+    def _counter(self, kind: str, outcome: str) -> Any:
+        """``clsmon_observations_total{kind, outcome}``'s child, looked up once per pair
+        (``labels()`` takes a lock and builds a key on every call: a few % of the worker)."""
+        key = (kind, outcome)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.observations.labels(kind, outcome)
+        return child
 
     def _merge(self, partition: int, now: float) -> PartitionMerge[_Item]:
         merge = self._merges.get(partition)
