@@ -198,9 +198,9 @@ def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, h
         proc.wait(timeout=30)
     middle = _crossing(samples, 0.9 * n) - _crossing(samples, 0.1 * n)
     first = next(t for t, c in samples if c > 0)
-    out = workdir / "trivial.out"
+    out = workdir / f"{prefix}trivial.out"  # one per round: never an earlier round's count
     script = workdir / "trivial.py"
-    script.write_text(TRIVIAL_AGENT.format(root=str(ROOT), tmp=str(workdir / "trivial")))
+    script.write_text(TRIVIAL_AGENT.format(root=str(ROOT), tmp=str(workdir / f"{prefix}trivial")))
     trivial = subprocess.Popen([sys.executable, str(script), broker.url, names.prefix, str(out),
                                 str(n)], cwd=workdir, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
