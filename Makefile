@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak bench-hl7 clean help
+.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak bench-hl7 mutation clean help
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,8 +45,24 @@ bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/
 bench-replay-10m: $(STAMP)  ## replay in bounded memory: 10M rows, obs/s and peak RSS (same alerts as in memory)
 	$(BIN)/python bench/chunked_replay_bench.py --rows 10000000
 
-clean:  ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+# mutation testing has its own venv: mutmut 3.8 needs click >= 8.4.2, faust-streaming 0.15.3
+# click < 8.4 (the mutated tests never start Faust), so it is installed after the project
+MVENV  := .venv-mutation
+MUTMUT := mutmut==3.8.1
+
+$(MVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MVENV)
+	$(MVENV)/bin/pip install --quiet --upgrade pip
+	$(MVENV)/bin/pip install --quiet -e '.[dev]'
+	$(MVENV)/bin/pip uninstall --quiet --yes clsmon  # its dependencies stay; the code under test is mutmut's copy
+	$(MVENV)/bin/pip install --quiet '$(MUTMUT)'
+	@touch $@
+
+mutation: $(MVENV)/.installed  ## mutation testing of detectors/ (mutmut, own venv; slow, not in make test); score written under bench/results/
+	$(MVENV)/bin/python bench/mutation.py
+
+clean:  ## remove the venvs and caches
+	rm -rf $(VENV) $(MVENV) mutants .pytest_cache .ruff_cache .hypothesis
 
 bench-stream: $(STAMP)  ## stream benchmark, Apache Kafka and Tansu, 3 rounds: obs/s vs a trivial agent, latency at 1,000/s
 	$(BIN)/python bench/stream_bench.py

@@ -12,8 +12,10 @@ the replay's rejects file speak one language.
 
 ``record`` folds a validated intervention into ``PatientState.iv``: per kind, the latest few
 rows ``[start_ms, end_ms, amount, rate, tag]`` sorted by start (order-free, bounded,
-redelivery-safe).
-Issue 12 only carries them into the state; the detectors use them from issue 13 on.
+redelivery-safe); a vasopressor's rate is kept as its norepinephrine-equivalent dose; fluids and
+blood products also go into the fluid balance (``PatientState.fb``). ``detectors.confounders``
+reads them: red cells explain a Hct rise, albumin a high albumin, a running vasopressor a normal
+pressure, fluids a weight gain.
 
 Kinds and canonical units:
 
@@ -34,8 +36,9 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from detectors.config import DEFAULT_THRESHOLDS, Thresholds
 from detectors.observation import Rejection, parse_time_ms
-from detectors.state import PatientState
+from detectors.state import PatientState, add_fluid
 
 _FLUIDS = ("red_cells", "plasma", "platelets", "albumin", "crystalloid")
 KINDS = (*_FLUIDS, "vasopressor", "inotrope", "diuretic")
@@ -225,24 +228,56 @@ def parse_intervention(raw: Mapping[str, Any]) -> Intervention | Rejection:
 STATE_KEYS = {"red_cells": "rc", "plasma": "pl", "platelets": "pt", "albumin": "al",
               "crystalloid": "cr", "vasopressor": "vp", "inotrope": "in", "diuretic": "di"}
 #: [D] rows kept per kind: enough for the 24-48 h a confounder explains an observation
-#: (4 units of red cells, a night of hourly charted fluid, a pressor titrated a few times),
-#: few enough to keep the state under its 4 KB target
-IV_KEEP = {"red_cells": 6, "plasma": 4, "platelets": 4, "albumin": 4, "crystalloid": 8,
-           "vasopressor": 6, "inotrope": 4, "diuretic": 4}
+#: (a night of red cells, a pressor titrated a few times), few enough to keep the state small;
+#: red cells are kept for the baseline's lifetime (a relative Hct rise is judged against the
+#: baseline plus every unit given since), the others 48 h
+IV_KEEP = {"red_cells": 16, "plasma": 4, "platelets": 4, "albumin": 4, "crystalloid": 4,
+           "vasopressor": 8, "inotrope": 4, "diuretic": 4}
 #: [D] rows that ended longer ago than this (event time) no longer explain anything
 IV_HORIZON_MS = 48 * 3_600_000
+#: [Q] norepinephrine-equivalent dose per unit of each agent's rate (Goradia et al., "Vasopressor
+#: dose equivalence: a scoping review and suggested formula", J Crit Care 2021;61:233-240):
+#: NE = norepinephrine + epinephrine + phenylephrine/10 + dopamine/100 + vasopressin (U/min) x 2.5
+NE_EQUIVALENT = {"norepinephrine": 1.0, "epinephrine": 1.0, "phenylephrine": 0.1,
+                 "dopamine": 0.01, "vasopressin": 2.5}
+#: volume kinds that enter the fluid balance (in)
+FLUID_KINDS = _FLUIDS
+
+
+def _volume_ml(iv: Intervention) -> float | None:
+    """The volume given: the amount in mL, else rate x duration when both ends are known."""
+    if iv.amount is not None and iv.amount_unit == "mL":
+        return iv.amount
+    if iv.rate is not None and iv.rate_unit == "mL/h" and iv.ended_at_ms is not None:
+        return iv.rate * (iv.ended_at_ms - iv.started_at_ms) / 3_600_000
+    return None
+
+
+def ne_factor(agent: str) -> float:
+    """The norepinephrine-equivalent factor of a vasopressor agent (1 when not known)."""
+    a = agent.strip().lower()
+    for name, factor in NE_EQUIVALENT.items():
+        if name in a:
+            return factor
+    return 1.0
 
 
 def as_row(iv: Intervention) -> list[float | None]:
     """The state row ``[start_ms, end_ms, amount, rate, tag]`` (end = start for a one-time
-    dose). ``tag`` (CRC-32 of the id, else the agent) tells two records of the same time and
-    amount apart (two bags hung together) while a redelivery of one record stays a duplicate."""
+    dose; a vasopressor's rate as norepinephrine equivalent, a fluid's amount in mL from its
+    rate when only that is given). ``tag`` (CRC-32 of the id, else the agent) tells two records
+    of the same time and amount apart (two bags hung together) while a redelivery of one record
+    stays a duplicate."""
     end = iv.ended_at_ms if iv.ended_at_ms is not None else iv.started_at_ms
     tag = zlib.crc32((iv.id or iv.agent).encode()) & 0xFFFF
-    return [iv.started_at_ms, end, iv.amount, iv.rate, tag]
+    rate = iv.rate
+    if iv.kind == "vasopressor" and rate is not None:
+        rate = rate * ne_factor(iv.agent)
+    amount = _volume_ml(iv) if iv.kind in FLUID_KINDS else iv.amount
+    return [iv.started_at_ms, end, amount, rate, tag]
 
 
-def record(st: PatientState, iv: Intervention) -> str:
+def record(st: PatientState, iv: Intervention, th: Thresholds = DEFAULT_THRESHOLDS) -> str:
     """Fold one intervention into the state; ``accepted`` or ``duplicate`` (a redelivery)."""
     rows = st.iv.setdefault(STATE_KEYS[iv.kind], [])
     row = as_row(iv)
@@ -253,6 +288,10 @@ def record(st: PatientState, iv: Intervention) -> str:
     while i and (rows[i - 1][0] or 0) > start:
         i -= 1
     rows.insert(i, row)
-    cutoff = max(st.max_t, row[1] or 0) - IV_HORIZON_MS
+    horizon = th.ms(th.baseline_max_age_h) if iv.kind == "red_cells" else IV_HORIZON_MS
+    cutoff = max(st.max_t, row[1] or 0) - horizon
     rows[:] = [r for r in rows if (r[1] or 0) >= cutoff][-IV_KEEP[iv.kind]:]
+    volume = row[2]
+    if iv.kind in FLUID_KINDS and volume is not None:
+        add_fluid(st, start, int(row[1] or start), float(volume), 0)
     return "accepted"

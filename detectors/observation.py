@@ -38,6 +38,8 @@ class Observation(NamedTuple):
     available_at_ms: int | None = None
     #: one of STATUSES; ``corrected`` replaces the reading of the same kind and time
     status: str = "final"
+    #: "<" or ">" when the lab reported a bound ("<2.0"): ``value`` is the bound
+    censored: str = ""
 
 
 class Retraction(NamedTuple):
@@ -87,6 +89,7 @@ class PatientContext(NamedTuple):
 REASONS = (
     "malformed_json", "not_an_object", "missing_field", "unknown_kind", "unknown_unit",
     "bad_value", "bad_status", "bad_time", "out_of_range", "inconsistent", "bad_context",
+    "artefact_jump",
 )
 
 
@@ -111,6 +114,15 @@ def _event_time(raw: Mapping[str, Any], name: str) -> int | Rejection:
     if isinstance(parsed, BadTime):
         return Rejection("bad_time", f"{name}: {parsed.detail}")
     return parsed.epoch_ms
+
+
+def _censored(raw: Any) -> tuple[Any, str]:
+    """A censored lab result ("<2.0", ">70", "< 0.5") as (bound, "<" or ">"); else (raw, "")."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text[:1] in ("<", ">"):
+            return text[1:].lstrip("=").strip(), text[0]
+    return raw, ""
 
 
 def _as_float(raw: Any) -> float | None:
@@ -149,7 +161,12 @@ def normalise(raw: Mapping[str, Any]) -> Observation | Retraction | Rejection:
         return Rejection("bad_status", f"{kind}: status {status!r} is not one of "
                          f"{', '.join(STATUSES)} or {RETRACTED}")
     spec = KINDS[kind]
-    value = _as_float(raw.get("value"))
+    # a censored result ("<2.0", or a `censored` field of "<"/">") is read as its bound: the
+    # evidence says so (detectors.criteria); the true value lies beyond it
+    bound, censored = _censored(raw.get("value"))
+    if not censored and raw.get("censored") in ("<", ">"):
+        censored = str(raw.get("censored"))
+    value = _as_float(bound)
     if value is None:
         return Rejection("bad_value", f"{kind}: value {raw.get('value')!r} is not a finite number")
     canonical_or_why = _canonical(kind, value, raw.get("unit"))
@@ -198,6 +215,7 @@ def normalise(raw: Mapping[str, Any]) -> Observation | Retraction | Rejection:
         obs_id if isinstance(obs_id, str) else "",
         available_ms,
         status,
+        censored,
     )
 
 
@@ -276,9 +294,10 @@ def parse_context(raw: Mapping[str, Any]) -> PatientContext | Rejection:
     birth_year = None
     if birth is not None and birth != "" and not (isinstance(birth, float) and birth != birth):
         as_float = _as_float(birth)
-        if as_float is None or not PLAUSIBLE_YEARS[0] <= as_float < PLAUSIBLE_YEARS[1]:
-            return Rejection("bad_context", f"birth_year {birth!r} is not a plausible year")
-        birth_year = int(as_float)
+        # an odd birth year (de-identified data shifts the ages of the very old before 1900)
+        # leaves the rest of the context intact: it is dropped, never the row
+        if as_float is not None and PLAUSIBLE_YEARS[0] <= as_float < PLAUSIBLE_YEARS[1]:
+            birth_year = int(as_float)
     history_raw = raw.get("history") or ()
     if isinstance(history_raw, str):
         history_raw = [h for h in history_raw.replace(";", ",").split(",") if h.strip()]

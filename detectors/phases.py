@@ -4,21 +4,27 @@
 
 ``step(state, observation)`` is deterministic and reads no clock, so the stream worker and the
 offline replay give the same alerts for the same input. Decisions are made on EVENT time: each
-transition's time is computed from the evidence (the later of the two triad findings, the moment a
-run of low pressure became persistent), not from when a message happened to arrive, and the
-windows in the state are order-free. A lab that arrives hours late therefore produces the alert it
-would have produced in order, with the same id and the same ``raised_at``.
+transition's ``onset_at`` is computed from the evidence (the later of the two triad findings, the
+moment a run of low pressure became persistent), and its ``raised_at`` is when that evidence had
+all ARRIVED (``detectors.alerts``). The windows in the state are order-free, so a lab that
+arrives hours late produces the alert it would have produced in order, with the same id.
 
 Alert ladder: a phase is entered at its base severity (prodromal and recovery: warning, leak:
-high); more evidence escalates it once (leak -> critical when hypoalbuminemia completes the triad
-or two supportive signs join; recovery -> high when polyuria meets a weight still >= 5 % over
-baseline: the fluid-overload warning). Closing an episode (back to none) is an info alert.
+high); more evidence escalates it once (leak -> critical when hypoalbuminemia that means
+something completes the triad, or two supportive signs join; recovery -> high when polyuria meets
+a weight still >= 5 % over baseline: the fluid-overload warning). A leak that is critical as soon
+as it is decided is ONE critical alert with the whole triad (one page per event). Closing an
+episode (back to none) is an info alert; a leak with no supporting evidence for ``leak_quiet_h``
+closes too.
 
 Exclusions [D] (docs/clinical-criteria.md: the triad counts "after other causes are excluded"):
 - dehydration: hypotension and hemoconcentration with weight falling >= 2 % in 48 h or albumin
-  concentrated (>= 0.5 g/dL over baseline, or > 4.5 g/dL) is volume loss, not a leak;
-- fluids: a weight gain that follows a shock (persistent hypotension in the 48 h before) or comes
-  with a falling Hct (hemodilution) is resuscitation fluid, not a prodrome.
+  concentrated (not after an albumin infusion) is volume loss, not a leak;
+- transfusion: a Hct the red cells given explain is not hemoconcentration
+  (``criteria.hemoconcentration``);
+- fluids: a weight gain that follows a shock, comes with a falling Hct (hemodilution) or that the
+  fluid balance explains is resuscitation fluid, not a prodrome;
+- vasopressors: a pressure held by a vasopressor that is not weaning is not recovery.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from functools import cached_property
 from typing import NamedTuple
 
 from detectors.alerts import SEVERITY_RANK, Alert, Evidence, make_alert
-from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, MIN_MS, Thresholds
+from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, Thresholds
+from detectors.confounders import albumin_infused_before, first_unheld, gain_explained_by_fluids
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
 from detectors.criteria import hypotension as bp
+from detectors.criteria.hemoconcentration import Finding, baseline_before, median
+from detectors.intake import ACCUMULATING, HANDLERS, withdraw
 from detectors.interventions import Intervention, record
 from detectors.observation import (
     Observation,
@@ -39,39 +48,17 @@ from detectors.observation import (
     Retraction,
     format_time,
 )
+from detectors.plausibility import NEW_STAY, advance_horizon, check_time
 from detectors.state import (
-    BASELINE_KINDS,
-    LAB_KEEP,
+    LAB_KINDS,
     SEEN_KEEP,
-    WEIGHT_KEEP,
     PatientState,
-    add_baseline,
-    add_urine,
-    insert_row,
-    remove_baseline,
-    remove_rows,
+    censored_mark,
+    known_at,
+    reset_stay,
 )
 
-#: [D] dehydration exclusion (see module docstring)
-DEHYDRATION_WEIGHT_LOSS_PCT = 2.0
-ALBUMIN_CONCENTRATED_RISE_GDL = 0.5
-ALBUMIN_CONCENTRATED_GDL = 4.5
-_URINE_HORIZON_MS = 24 * HOUR_MS
-#: [D] labs drawn within 10 minutes of each other are one panel (Hct, albumin and WBC of one draw
-#: reach the lab feed as separate messages; a decision waits for the whole panel, so that the
-#: albumin which rules out dehydration is not one message too late)
-PANEL_MS = 10 * MIN_MS
-#: [D] closed blood-pressure runs are kept 72 h; a decision that rests on the ABSENCE of a shock
-#: (the prodrome) is only taken on evidence younger than 72 h minus its 48 h look-back
-RUN_RETENTION_MS = 72 * HOUR_MS
-PRODROME_MAX_AGE_MS = 24 * HOUR_MS
-#: [D] likewise a leak is raised from evidence at most 12 h old: labs arrive hours late, but the
-#: albumin and weighings that rule out dehydration are kept for about two days, and a decision
-#: must never become possible only because the evidence against it has aged out of the state
-LEAK_MAX_AGE_MS = 12 * HOUR_MS
 _MAX_TRANSITIONS_PER_STEP = 4
-
-
 _NO_ALERTS: tuple[Alert, ...] = ()
 _tuple_new = tuple.__new__  # builds a StepResult without the Python-level NamedTuple __new__
 
@@ -119,41 +106,54 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     patient's state and decide.
 
     The state object is updated in place and returned (callers own it; the worker stores it back
-    in its table). An exact redelivery of a recent observation is recognised and ignored.
-    Interventions are only recorded in the state for now (``detectors.interventions``): they
-    raise no alert and change no decision yet.
+    in its table). An exact redelivery of a recent observation is recognised and ignored. A
+    reading whose time does not fit the patient's series is refused (``bad_time``), a value that
+    does not fit it too (``artefact_jump``); a reading that shows a new stay restarts the state
+    in place (``detectors.plausibility``). Interventions are recorded for the decisions to come.
     """
     st = state if state is not None else PatientState(obs.patient_id)
     if isinstance(obs, Intervention):
-        return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs), None))
+        return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs, th), None))
     if isinstance(obs, Retraction):
         return _retract(st, obs, th)
     t = obs.observed_at_ms
     # hash of ints and floats is not salted per process (only str/bytes are), so the
     # fingerprint of a redelivered observation is the same after a worker restart
     kind = obs.kind
-    code = _ACCUMULATING.get(kind)
+    code = ACCUMULATING.get(kind)
     if code is not None:  # kinds that only replace a latest value need no redelivery check
         fingerprint = hash((code, t, obs.value))
-        seen = st.seen
-        if fingerprint in seen:
+        if fingerprint in st.seen:
             return _tuple_new(StepResult, (st, _NO_ALERTS, "duplicate", None))
-    previous_max = st.max_t
-    if t > previous_max:
-        st.max_t = t
-    outcome = _HANDLERS[kind](st, obs, th)
+    if st.max_t and not st.max_t - 3 * HOUR_MS <= t <= st.max_t + HOUR_MS:
+        verdict = check_time(st, t, th)  # far from the horizon: is it plausible?
+        if verdict.__class__ is Rejection:
+            return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", verdict))
+        if verdict == NEW_STAY:
+            reset_stay(st)
+    previous_max, previous_near = st.max_t, st.near
+    advance_horizon(st, t, th)
+    available = obs.available_at_ms
+    known = available if available is not None and available > t else t
+    if st.arrived > known:
+        known = st.arrived
+    outcome = HANDLERS[kind](st, obs, known, th)
     if outcome.__class__ is Rejection:
-        st.max_t = previous_max
+        st.max_t, st.near = previous_max, previous_near
         return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", outcome))
+    st.arrived = known
+    if not st.stay or (t < st.stay and not st.stay_fixed):
+        st.stay = t
     if code is not None:
+        seen = st.seen
         seen.append(fingerprint)
         if len(seen) > SEEN_KEEP:
             del seen[0]
     evaluate, status = outcome
     if not evaluate and not st.pending and st.phase == "none":
         return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))  # a quiet reading
-    is_lab = kind in LAB_KEEP
-    if st.pending and not (is_lab and abs(t - st.pending) <= PANEL_MS):
+    is_lab = kind in LAB_KINDS
+    if st.pending and not (is_lab and abs(t - st.pending) <= th.panel_ms):
         st.pending = 0  # the panel is complete: the decision it waited for is taken now
         evaluate = True
     if is_lab and evaluate:
@@ -172,121 +172,6 @@ def flush(state: PatientState, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Aler
     return _decide(state, th)
 
 
-# --- observation handlers: update windows, say whether a decision may have changed ------------
-
-_Outcome = tuple[bool, str] | Rejection
-
-
-def _on_pressure(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    t, value, kind = obs.observed_at_ms, obs.value, obs.kind
-    sbp_baseline = None
-    if kind == "sbp":
-        dbp = st.last.get("dbp")
-        if dbp is not None and dbp[0] == t and value <= dbp[1]:
-            return Rejection("inconsistent", f"SBP {value:g} not above DBP {dbp[1]:g} mmHg at the "
-                             "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
-        b = st.bl.get("sbp")
-        window = th.baseline_vitals_h * HOUR_MS
-        # a hypotensive reading is never a baseline
-        if value > th.sbp_low_mmhg and (b is None or t - b[0] <= window):
-            add_baseline(st, "sbp", t, value, int(window))
-            b = st.bl["sbp"]
-        last = st.last.get("sbp")
-        if last is None or t >= last[0]:
-            st.last["sbp"] = [t, value]
-        if b is not None and b[1] >= th.baseline_min_vitals:
-            sbp_baseline = b[2] / b[1]
-    slot_ms = th.bp_slot_ms
-    s = t // slot_ms
-    horizon = th.bp_horizon_slots
-    newest = st.max_t // slot_ms
-    if s < newest - horizon or (st.fold and s <= st.fold[0]):
-        return False, "late"
-    slot = st.slots.get(s)
-    if slot is None:
-        slot = st.slots[s] = bp.new_slot()
-        # a new slot continues the class of the slot before it: if it keeps that class nothing
-        # about the runs changes but their length
-        earlier = st.slots.get(s - 1)
-        before = earlier[bp.CLS] if earlier is not None else -1
-        after = bp.add_reading(slot, kind, value, t, sbp_baseline, th)[1]
-    else:
-        before, after = bp.add_reading(slot, kind, value, t, sbp_baseline, th)
-    if len(st.slots) > horizon + 1:
-        _fold_old_slots(st, newest - horizon, th)
-    # a low run growing matters while a leak (or a relapse) may begin; a recovered run growing
-    # matters during a leak; any change of class may start or end a run
-    if after != before:
-        return True, "accepted"
-    if after == bp.LOW:
-        return st.phase != "leak", "accepted"
-    return after == bp.HIGH and st.phase == "leak", "accepted"
-
-
-def _on_dbp(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    sbp = st.last.get("sbp")
-    if sbp is not None and sbp[0] == obs.observed_at_ms and sbp[1] <= obs.value:
-        return Rejection("inconsistent", f"DBP {obs.value:g} not below SBP {sbp[1]:g} mmHg at the "
-                         "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
-    _remember_latest(st, "dbp", obs.observed_at_ms, obs.value)
-    return False, "accepted"
-
-
-def _on_other(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    _remember_latest(st, obs.kind, obs.observed_at_ms, obs.value)
-    return False, "accepted"
-
-
-def _on_lab(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    kind = obs.kind
-    if obs.status == "corrected":
-        _withdraw(st, kind, obs.observed_at_ms, None, th)
-    insert_row(st.labs.setdefault(kind, []), [obs.observed_at_ms, obs.value], LAB_KEEP[kind])
-    if kind in BASELINE_KINDS and _normal_for_baseline(st, kind, obs.value, th):
-        add_baseline(st, kind, obs.observed_at_ms, obs.value, int(th.baseline_labs_h * HOUR_MS))
-    decides = kind in ("hematocrit", "albumin") or st.phase == "leak"
-    return decides, "accepted"
-
-
-def _normal_for_baseline(st: PatientState, kind: str, value: float, th: Thresholds) -> bool:
-    """[D] A baseline is the patient's normal: a hemoconcentrated Hct or an albumin that is low or
-    concentrated (a leak or dehydration not yet recognised) never enters it."""
-    if kind == "hematocrit":
-        return value <= th.hct_high_pct(st.sex)
-    if kind == "albumin":
-        return th.albumin_low_gdl <= value <= ALBUMIN_CONCENTRATED_GDL
-    return True
-
-
-def _on_weight(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    if obs.status == "corrected":
-        _withdraw(st, "weight", obs.observed_at_ms, None, th)
-    insert_row(st.wt, [obs.observed_at_ms, obs.value], WEIGHT_KEEP)
-    add_baseline(st, "weight", obs.observed_at_ms, obs.value, int(th.baseline_labs_h * HOUR_MS))
-    return True, "accepted"
-
-
-def _on_urine(st: PatientState, obs: Observation, th: Thresholds) -> _Outcome:
-    end = obs.observed_at_ms
-    if obs.period_min is not None:
-        start = end - int(obs.period_min * MIN_MS)
-    elif st.uo_end and st.uo_end < end:
-        start = st.uo_end
-        hours = (end - start) / HOUR_MS
-        if obs.value / hours > 2000.0:
-            return Rejection("out_of_range", f"urine_output {obs.value:g} mL since the previous "
-                             f"collection ({hours:.2g} h) exceeds 2000 mL/h "
-                             "(docs/clinical-criteria.md): artefact")
-    else:
-        st.uo_end = max(st.uo_end, end)  # first collection with no period: marks the start
-        return False, "accepted"
-    add_urine(st, start, end, obs.value, _URINE_HORIZON_MS)
-    add_baseline(st, "urine_ml_h", end, obs.value / ((end - start) / HOUR_MS),
-                 int(th.baseline_labs_h * HOUR_MS))
-    st.uo_end = max(st.uo_end, end)
-    return st.phase in ("leak", "recovery"), "accepted"
-
-
 def _retract(st: PatientState, r: Retraction, th: Thresholds) -> StepResult:
     """Remove a retracted lab or weighing still in the windows (and from the baseline it
     entered), then decide again unless a lab panel is pending (it decides when complete).
@@ -296,71 +181,31 @@ def _retract(st: PatientState, r: Retraction, th: Thresholds) -> StepResult:
     withdrawn; such a retraction is ``not_retracted`` (the worker counts it), as is one whose
     reading has left the windows or was never seen.
     """
-    if not _withdraw(st, r.kind, r.observed_at_ms, r.value, th):
+    if not withdraw(st, r.kind, r.observed_at_ms, r.value, th):
         return _tuple_new(StepResult, (st, _NO_ALERTS, "not_retracted", None))
     alerts = _NO_ALERTS if st.pending else _decide(st, th)
     return _tuple_new(StepResult, (st, alerts, "retracted", None))
 
 
-def _withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thresholds) -> bool:
-    """Remove the reading(s) of ``kind`` at event time ``t`` (of ``value`` when given) from the
-    lab or weight window and from the admission baseline; True if one was removed."""
-    if kind == "weight":
-        rows, window_h = st.wt, th.baseline_labs_h
-    elif kind in LAB_KEEP:
-        rows, window_h = st.labs.get(kind, []), th.baseline_labs_h
-    else:
-        return False
-    removed = remove_rows(rows, t, value)
-    for old in removed:
-        if kind in BASELINE_KINDS and (kind == "weight" or _normal_for_baseline(st, kind, old, th)):
-            remove_baseline(st, kind, t, old, int(window_h * HOUR_MS))
-    return bool(removed)
-
-
-def _remember_latest(st: PatientState, kind: str, t: int, value: float) -> None:
-    last = st.last.get(kind)
-    if last is None or t >= last[0]:
-        st.last[kind] = [t, value]
-
-
-def _fold_old_slots(st: PatientState, keep_from: int, th: Thresholds) -> None:
-    for s in sorted(st.slots):
-        if s >= keep_from:
-            break
-        st.fold = bp.fold(st.hypo, st.norm, st.fold, s, st.slots.pop(s), th)
-    cutoff = st.max_t - RUN_RETENTION_MS
-    st.hypo = [r for r in st.hypo if r[bp.R_LAST] >= cutoff][-6:]
-    st.norm = st.norm[-6:]
-
-
-#: kinds whose observations are counted or summed into windows (a redelivery would count twice),
-#: with a stable small code for the fingerprint
-_ACCUMULATING = {kind: i for i, kind in enumerate(
-    ("sbp", "map", "hematocrit", "albumin", "leukocytes", "hemoglobin", "weight",
-     "urine_output"))}
-
-_HANDLERS: dict[str, Callable[[PatientState, Observation, Thresholds], _Outcome]] = {
-    "sbp": _on_pressure, "map": _on_pressure, "dbp": _on_dbp,
-    "hematocrit": _on_lab, "albumin": _on_lab, "leukocytes": _on_lab, "hemoglobin": _on_lab,
-    "weight": _on_weight, "urine_output": _on_urine,
-    "heart_rate": _on_other, "temperature": _on_other, "spo2": _on_other, "lactate": _on_other,
-}
-
-
 # --- decisions ------------------------------------------------------------------------------
 
 class _Facts:
-    """Derived views of the state for one decision round; the runs only when asked for."""
+    """Derived views of the state for one decision round; computed only when asked for."""
 
     def __init__(self, st: PatientState, th: Thresholds) -> None:
         self._st = st
         self._th = th
-        self.sbp_baseline = st.baseline("sbp", th.baseline_min_vitals)
-        self.hct_baseline = st.baseline("hematocrit")
-        self.albumin_baseline = st.baseline("albumin")
-        self.weight_baseline = st.weight_kg or st.baseline("weight")
-        self.urine_weight_kg = st.weight_kg or st.baseline("weight") or th.default_weight_kg
+        # baselines older than baseline_max_age_h judge nothing (the ADT weight is as old as the
+        # stay's first reading)
+        oldest = st.max_t - th.baseline_max_age_h * HOUR_MS
+        sbp = st.bl.get("sbp")
+        self.sbp_baseline = st.baseline("sbp", th.baseline_min_vitals) \
+            if sbp and sbp[0] >= oldest else None
+        weighings = [w[1] for w in st.blr.get("weight", ()) if w[0] >= oldest]
+        admission = st.weight_kg if st.stay >= oldest else None
+        self.weight_baseline = admission or (median(weighings) if weighings else None)
+        latest = st.wt[-1][1] if st.wt else None
+        self.weight_kg = self.weight_baseline or st.weight_kg or latest or th.default_weight_kg
 
     @cached_property
     def _runs(self) -> tuple[list[list[float]], list[list[float]]]:
@@ -373,7 +218,14 @@ class _Facts:
 
     @cached_property
     def recovered_bp(self) -> list[list[float]]:
-        return [r for r in self._runs[1] if r[2]]
+        return [r for r in self._runs[1] if r[bp.H_Q]]
+
+    @cached_property
+    def hemoconcentrated(self) -> list[Finding]:
+        return hemoconcentration.findings(self._st, self.weight_kg, self._th)
+
+    def albumin_baseline(self, t: int) -> float | None:
+        return baseline_before(self._st, "albumin", t, self._th, self.weight_kg, 0.0)
 
 
 def _decide(st: PatientState, th: Thresholds) -> list[Alert]:
@@ -392,6 +244,8 @@ def _time_based_exit_due(st: PatientState, th: Thresholds) -> bool:
         return st.max_t >= st.phase_since + th.prodrome_expiry_h * HOUR_MS
     if st.phase == "recovery":
         return st.max_t >= st.phase_since + th.recovery_min_h * HOUR_MS
+    if st.phase == "leak":
+        return st.max_t >= max(st.leak_since, st.last_evidence) + th.leak_quiet_h * HOUR_MS
     return False
 
 
@@ -406,31 +260,47 @@ def _transition(st: PatientState, phase: str, severity: str, t: int, evidence: l
         st.phase_since = t
     if phase == "leak" and previous != "leak":
         st.leak_since = t
+        st.last_evidence = t
     if phase == "none":
         st.leak_since = 0
     st.phase = phase
     st.severity = severity
-    return make_alert(st.patient_id, st.episode, phase, previous, severity, t, evidence, headline,
-                      ward=st.ward, bed=st.bed)
+    st.stay_fixed = 1
+    alert = make_alert(st.patient_id, st.episode, phase, previous, severity, t, evidence,
+                       headline, stay=st.stay, not_before_ms=st.raised, ward=st.ward, bed=st.bed)
+    st.raised = alert.raised_at_ms
+    return alert
 
 
 def _escalate(st: PatientState, severity: str, t: int, evidence: list[Evidence],
               headline: str) -> Alert:
+    """A more severe alert of the current phase: never before the phase was entered, nor raised
+    before the alert it escalates."""
     st.severity = severity
-    return make_alert(st.patient_id, st.episode, st.phase, st.phase, severity, t, evidence,
-                      headline, ward=st.ward, bed=st.bed)
+    alert = make_alert(st.patient_id, st.episode, st.phase, st.phase, severity,
+                       max(t, st.phase_since), evidence, headline, stay=st.stay,
+                       not_before_ms=st.raised, ward=st.ward, bed=st.bed)
+    st.raised = alert.raised_at_ms
+    return alert
 
 
 def _hypotension_evidence(run: list[float], facts: _Facts, th: Thresholds) -> Evidence:
-    nadir, which = bp.run_nadir_text(run)
-    if which == "sbp":
-        return Evidence("hypotension", nadir, "mmHg",
-                        f"SBP <= {th.sbp_low_mmhg:g} or fall >= {th.sbp_fall_mmhg:g} from "
-                        f"baseline, held >= {th.hypotension_hold_min:g} min",
-                        int(run[bp.R_Q]), facts.sbp_baseline)
-    return Evidence("hypotension", nadir, "mmHg",
-                    f"MAP < {th.map_low_mmhg:g}, held >= {th.hypotension_hold_min:g} min",
-                    int(run[bp.R_Q]))
+    which, nadir = bp.run_nadir(run, th)
+    held = (run[bp.R_LAST] - run[bp.R_FIRST]) / 60_000
+    if which == "SBP":
+        base = facts.sbp_baseline
+        rule = f"<= {th.sbp_low_mmhg:g}" if nadir <= th.sbp_low_mmhg else \
+            f"fall >= {th.sbp_fall_mmhg:g}"
+        extra = f"; baseline {base:.0f}" if base is not None else ""
+        text = f"SBP {nadir:.0f} mmHg ({rule}{extra}; low for {held:.0f} min)"
+        threshold = (f"SBP <= {th.sbp_low_mmhg:g} or fall >= {th.sbp_fall_mmhg:g} from "
+                     f"baseline, held >= {th.hypotension_hold_min:g} min")
+    else:
+        base = None
+        text = f"MAP {nadir:.0f} mmHg (< {th.map_low_mmhg:g}; low for {held:.0f} min)"
+        threshold = f"MAP < {th.map_low_mmhg:g}, held >= {th.hypotension_hold_min:g} min"
+    return Evidence("hypotension", nadir, "mmHg", threshold, int(run[bp.R_Q]), base, text,
+                    int(run[bp.R_QA]))
 
 
 def _dehydrated(st: PatientState, facts: _Facts, at: int, th: Thresholds) -> bool:
@@ -438,51 +308,84 @@ def _dehydrated(st: PatientState, facts: _Facts, at: int, th: Thresholds) -> boo
     weighings = [w for w in st.wt if at - window <= w[0] <= at]
     if len(weighings) >= 2:
         heaviest = max(w[1] for w in weighings)
-        if (heaviest - weighings[-1][1]) / heaviest * 100.0 >= DEHYDRATION_WEIGHT_LOSS_PCT:
+        if (heaviest - weighings[-1][1]) / heaviest * 100.0 >= th.dehydration_weight_loss_pct:
             return True
     near = th.triad_window_h * HOUR_MS
-    for t, albumin in st.lab("albumin"):
-        if abs(t - at) <= near and (albumin > ALBUMIN_CONCENTRATED_GDL or (
-                facts.albumin_baseline is not None
-                and albumin - facts.albumin_baseline >= ALBUMIN_CONCENTRATED_RISE_GDL)):
+    for row in st.lab("albumin"):
+        t, albumin = int(row[0]), row[1]
+        if abs(t - at) > near or albumin_infused_before(st, t, th):
+            continue
+        base = facts.albumin_baseline(t)
+        if albumin > th.albumin_concentrated_gdl or (
+                base is not None and albumin - base >= th.albumin_concentrated_rise_gdl):
             return True
     return False
 
 
+class _Onset(NamedTuple):
+    at: int  # event time both deciders were met
+    run: list[float]
+    hct: Finding
+
+
 def _leak_onset(st: PatientState, facts: _Facts, th: Thresholds, not_before: int,
-                both_after: bool) -> tuple[int, list[float], list[float]] | None:
-    """Earliest (time, hypotension run, Hct reading) pairing of the triad's two deciders."""
-    hcts = hemoconcentration.readings_hemoconcentrated(
-        st.lab("hematocrit"), facts.hct_baseline, st.sex, th)
-    if not hcts or not facts.hypotension:
+                both_after: bool) -> _Onset | None:
+    """Earliest (time, hypotension run, Hct finding) pairing of the triad's two deciders."""
+    if not facts.hypotension:
+        return None
+    hcts = facts.hemoconcentrated
+    if not hcts:
         return None
     window = th.triad_window_h * HOUR_MS
+    oldest = st.max_t - th.leak_max_age_h * HOUR_MS
     best = None
     for run in facts.hypotension:
         for hct in hcts:
-            if not run[bp.R_FIRST] - window <= hct[0] <= run[bp.R_LAST] + window:
+            if not run[bp.R_FIRST] - window <= hct.t <= run[bp.R_LAST] + window:
                 continue
-            if both_after and (run[bp.R_Q] <= not_before or hct[0] <= not_before):
+            if both_after and (run[bp.R_Q] <= not_before or hct.t <= not_before):
                 continue
-            at = int(max(run[bp.R_Q], hct[0]))
-            fresh = at > not_before and at >= st.max_t - LEAK_MAX_AGE_MS
-            if fresh and (best is None or at < best[0]):
-                best = (at, run, hct)
-    if best is not None and _dehydrated(st, facts, best[0], th):
+            at = int(max(run[bp.R_Q], hct.t))
+            if at > not_before and at >= oldest and (best is None or at < best.at):
+                best = _Onset(at, run, hct)
+    if best is not None and _dehydrated(st, facts, best.at, th):
         return None
     return best
 
 
-def _leak_alert(st: PatientState, facts: _Facts, th: Thresholds,
-                onset: tuple[int, list[float], list[float]], new_episode: bool,
-                headline: str | None = None) -> Alert:
-    at, run, hct = onset
-    evidence = [_hypotension_evidence(run, facts, th),
-                hemoconcentration.evidence(int(hct[0]), hct[1], facts.hct_baseline, st.sex, th)]
-    wbc = supportive.leukocytosis(st.lab("leukocytes"), at - int(th.triad_window_h * HOUR_MS), th)
-    if wbc is not None and wbc.observed_at_ms <= at:
+def _escalating_albumin(st: PatientState, facts: _Facts, since: int, th: Thresholds
+                        ) -> Evidence | None:
+    """The first albumin from ``since`` whose hypoalbuminemia escalates a leak to critical."""
+    for row in st.lab("albumin"):
+        t = int(row[0])
+        if t < since:
+            continue
+        base = facts.albumin_baseline(t)
+        if hypoalbuminemia.escalates(row[1], base, th):
+            return hypoalbuminemia.evidence(t, row[1], base, known_at(row), th,
+                                            censored_mark(row))
+    return None
+
+
+def _leak_alert(st: PatientState, facts: _Facts, th: Thresholds, onset: _Onset,
+                new_episode: bool, headline: str | None = None) -> Alert:
+    evidence = [_hypotension_evidence(onset.run, facts, th),
+                hemoconcentration.evidence(onset.hct, st.sex, th)]
+    window = int(th.triad_window_h * HOUR_MS)
+    wbc = supportive.leukocytosis(st.lab("leukocytes"), onset.at - window, th)
+    albumin = _escalating_albumin(st, facts, onset.at - window, th)
+    if albumin is not None and albumin.observed_at_ms <= onset.at + window:
+        # critical at once: one alert with the whole triad, not a high and then a critical
+        evidence.append(albumin)
+        if wbc is not None:
+            evidence.append(wbc)
+        alert = _transition(st, "leak", "critical", onset.at, evidence, new_episode=new_episode,
+                            headline=headline or "Leak phase (shock), triad complete "
+                                                 "(hypoalbuminemia): fluids and pressors")
+        return alert
+    if wbc is not None and wbc.observed_at_ms <= onset.at:
         evidence.append(wbc)
-    return _transition(st, "leak", "high", at, evidence, new_episode=new_episode,
+    return _transition(st, "leak", "high", onset.at, evidence, new_episode=new_episode,
                        headline=headline)
 
 
@@ -493,12 +396,16 @@ def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence
     def sign(t: int) -> Evidence | None:
         if admission is None:
             return None
-        flow = urine.rate_ml_per_kg_h(st.uo, t, th.prodrome_urine_hours, 1.0)  # mL/h
+        flow = urine.rate_ml_per_kg_h(st.uo, t, th.prodrome_urine_hours, 1.0,
+                                      th.urine_min_coverage)  # mL/h
         if flow is None or flow >= admission * th.prodrome_urine_fall_ratio:
             return None
         return Evidence("falling_urine_output", flow, "mL/h",
                         f"< {th.prodrome_urine_fall_ratio:.0%} of the admission flow over "
-                        f"{th.prodrome_urine_hours:g} h", t, admission)
+                        f"{th.prodrome_urine_hours:g} h", t, admission,
+                        f"urine {flow:.0f} mL/h over {th.prodrome_urine_hours:g} h (< "
+                        f"{th.prodrome_urine_fall_ratio:.0%} of the admission flow "
+                        f"{admission:.0f} mL/h)")
 
     return sign
 
@@ -510,7 +417,7 @@ def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> list[Evidence]
     if found is None:
         return None
     at = found[0].observed_at_ms
-    if at < st.max_t - PRODROME_MAX_AGE_MS:
+    if at < st.max_t - th.prodrome_max_age_h * HOUR_MS:
         return None  # too old to be a prodrome, and older than the shock runs kept to rule out
     lookback = at - th.weight_gain_window_h * HOUR_MS
     for run in facts.hypotension:  # gain after (or during) a shock: resuscitation fluids
@@ -519,6 +426,11 @@ def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> list[Evidence]
     hcts = [h for h in st.lab("hematocrit") if lookback <= h[0] <= at]
     if len(hcts) >= 2 and max(h[1] for h in hcts) - hcts[-1][1] >= th.hct_fall_points:
         return None  # weight up while Hct falls: hemodilution from fluids
+    i = next(i for i, w in enumerate(st.wt) if w[0] == at)
+    start = weight_gain.lightest_before(st.wt, i, th)
+    if start is not None and gain_explained_by_fluids(st, int(start[0]), at, found[0].value
+                                                      - start[1], th) is not None:
+        return None  # the fluid balance explains the gain: resuscitation
     return found
 
 
@@ -544,63 +456,99 @@ def _decide_prodromal(st: PatientState, facts: _Facts, th: Thresholds) -> Alert 
     return None
 
 
-def _polyuria_at(st: PatientState, facts: _Facts, since: int, th: Thresholds
-                 ) -> Evidence | None:
-    """First collection end from ``since`` at which the flow over the polyuria window is high."""
-    found = urine.first_flow(st.uo, since, th.polyuria_hours, facts.urine_weight_kg,
-                             lambda rate: rate > th.polyuria_ml_per_kg_h)
+def _flow_evidence(st: PatientState, facts: _Facts, since: int, th: Thresholds,
+                   polyuria: bool) -> Evidence | None:
+    """Polyuria (or oliguria): the first collection end from ``since`` at which the flow over
+    its window is beyond the cut-off."""
+    if polyuria:
+        cut, hours, name, sign = th.polyuria_ml_per_kg_h, th.polyuria_hours, "polyuria", ">"
+    else:
+        cut, hours, name, sign = th.oliguria_ml_per_kg_h, th.oliguria_hours, "oliguria", "<"
+    found = urine.first_flow(st.uo, since, hours, facts.weight_kg,
+                             (lambda r: r > cut) if polyuria else (lambda r: r < cut),
+                             th.urine_min_coverage)
     if found is None:
         return None
-    return Evidence("polyuria", found[1], "mL/kg/h",
-                    f"> {th.polyuria_ml_per_kg_h:g} mL/kg/h over {th.polyuria_hours:g} h",
-                    found[0])
+    end, rate, known = found
+    return Evidence(name, rate, "mL/kg/h", f"{sign} {cut:g} mL/kg/h over {hours:g} h", end, None,
+                    f"urine {rate:.2f} mL/kg/h over {hours:g} h ({sign} {cut:g})", known)
 
 
-def _oliguria_at(st: PatientState, facts: _Facts, since: int, th: Thresholds
-                 ) -> Evidence | None:
-    """First collection end from ``since`` at which the flow over the oliguria window is low."""
-    found = urine.first_flow(st.uo, since, th.oliguria_hours, facts.urine_weight_kg,
-                             lambda rate: rate < th.oliguria_ml_per_kg_h)
-    if found is None:
-        return None
-    return Evidence("oliguria", found[1], "mL/kg/h",
-                    f"< {th.oliguria_ml_per_kg_h:g} mL/kg/h for {th.oliguria_hours:g} h",
-                    found[0])
+def _leak_evidence_now(st: PatientState, facts: _Facts, th: Thresholds) -> list[Evidence]:
+    """The leak's hypotension and hemoconcentration, repeated in an escalation."""
+    window = th.triad_window_h * HOUR_MS
+    out = []
+    runs = [r for r in facts.hypotension if r[bp.R_LAST] >= st.leak_since - window]
+    if runs:
+        out.append(_hypotension_evidence(runs[0], facts, th))
+    hcts = [h for h in facts.hemoconcentrated if h.t >= st.leak_since - window]
+    if hcts:
+        out.append(hemoconcentration.evidence(hcts[0], st.sex, th))
+    return out
 
 
 def _decide_leak(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | None:
     window = int(th.triad_window_h * HOUR_MS)
+    latest = [r[bp.R_LAST] for r in facts.hypotension] + [h.t for h in facts.hemoconcentrated]
+    st.last_evidence = int(max([st.last_evidence, *latest]))
     if SEVERITY_RANK[st.severity] < SEVERITY_RANK["critical"]:
-        albumin = hypoalbuminemia.first_low_since(st.lab("albumin"), st.leak_since - window,
-                                                  facts.albumin_baseline, th)
+        albumin = _escalating_albumin(st, facts, st.leak_since - window, th)
         if albumin is not None:
             return _escalate(st, "critical", max(st.leak_since, albumin.observed_at_ms),
-                             [albumin], "Leak phase, triad complete (hypoalbuminemia)")
+                             [*_leak_evidence_now(st, facts, th), albumin],
+                             "Leak phase, triad complete (hypoalbuminemia)")
         signs = [e for e in (supportive.leukocytosis(st.lab("leukocytes"), st.leak_since - window,
                                                      th),
-                             _oliguria_at(st, facts, st.leak_since, th)) if e is not None]
+                             _flow_evidence(st, facts, st.leak_since, th, polyuria=False))
+                 if e is not None]
         if len(signs) >= 2:
             at = max(st.leak_since, *(e.observed_at_ms for e in signs))
-            return _escalate(st, "critical", at, signs,
+            return _escalate(st, "critical", at, [*_leak_evidence_now(st, facts, th), *signs],
                              "Leak phase with leukocytosis and oliguria")
+    recovery = _recovery_onset(st, facts, th)
+    if recovery is not None:
+        return recovery
+    quiet_until = max(st.leak_since, st.last_evidence) + int(th.leak_quiet_h * HOUR_MS)
+    if st.max_t >= quiet_until:
+        return _transition(st, "none", "info", quiet_until, [],
+                           headline=f"Leak episode closed: no persistent hypotension and no "
+                                    f"hemoconcentration for {th.leak_quiet_h:g} h")
+    return None
+
+
+def _recovery_onset(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | None:
+    window = int(th.triad_window_h * HOUR_MS)
     falling = hemoconcentration.falling_from_peak(st.lab("hematocrit"), st.leak_since - window,
                                                   th)
     if falling is None or falling[0][0] < st.leak_since:
         return None
     reading, peak = falling
     for run in facts.recovered_bp:
-        if run[2] <= st.leak_since:
+        q = int(run[bp.H_Q])
+        if q <= st.leak_since:
             continue
-        at = int(max(run[2], reading[0]))
-        sbp = st.last.get("sbp") or [run[2], th.recovery_sbp_mmhg]
+        # a pressure held by a vasopressor that is not weaning is shock treated, not recovery:
+        # recovery is called at the first moment the pressure stands on its own
+        run_end = int((run[bp.H_END] + 1) * th.bp_slot_ms)
+        unheld = first_unheld(st, int(max(q, reading[0])), min(run_end, st.max_t), th)
+        if unheld is None:
+            continue
+        at = unheld
+        sbp = st.last.get("sbp") or [q, th.recovery_sbp_mmhg]
+        since = format_time(q - int(th.recovery_hold_min * 60_000))
         evidence = [
             Evidence("blood_pressure_recovered", sbp[1], "mmHg",
                      f"SBP > {th.recovery_sbp_mmhg:g} held >= {th.recovery_hold_min:g} min "
-                     f"(since {format_time(int(run[2]))})", int(sbp[0]), facts.sbp_baseline),
+                     f"(since {since})", int(sbp[0]), facts.sbp_baseline,
+                     f"SBP {sbp[1]:g} mmHg (> {th.recovery_sbp_mmhg:g} held "
+                     f"{th.recovery_hold_min:g} min since {since}, not on a vasopressor that "
+                     "is not weaning)", int(run[bp.H_QA])),
             Evidence("hematocrit_falling", reading[1], "%",
                      f">= {th.hct_fall_points:g} points below the episode peak ({peak:g} %)",
-                     int(reading[0]), facts.hct_baseline)]
-        polyuria = _polyuria_at(st, facts, st.leak_since, th)
+                     int(reading[0]), peak,
+                     f"Hct {reading[1]:g} % ({peak - reading[1]:.1f} points below the episode "
+                     f"peak {peak:g} %)", known_at(reading))]
+        polyuria = _flow_evidence(st, facts, st.leak_since, th, polyuria=True)
         if polyuria is not None and polyuria.observed_at_ms <= at:
             evidence.append(polyuria)
         return _transition(st, "recovery", "warning", at, evidence)
@@ -613,38 +561,50 @@ def _decide_recovery(st: PatientState, facts: _Facts, th: Thresholds) -> Alert |
         return _leak_alert(st, facts, th, onset, new_episode=True,
                            headline="Relapse: leak phase again during recovery")
     if st.severity != "high" and facts.weight_baseline:
-        polyuria = _polyuria_at(st, facts, st.phase_since, th)
-        if polyuria is not None:
-            # the weighing that makes the decision earliest, whatever arrived last
-            best = None
-            for t, kg in st.wt:
-                over = weight_gain.over_baseline_pct(kg, facts.weight_baseline)
-                if (abs(t - polyuria.observed_at_ms) <= 24 * HOUR_MS
-                        and over >= th.fluid_overload_weight_pct):
-                    at = int(max(t, polyuria.observed_at_ms))
-                    if best is None or at < best[0]:
-                        best = (at, t, kg, over)
-            if best is not None:
-                at, t, kg, over = best
-                weight = Evidence("weight_over_baseline", kg, "kg",
-                                  f">= {th.fluid_overload_weight_pct:g} % over baseline "
-                                  f"(+{over:.1f} %)", int(t), facts.weight_baseline)
-                return _escalate(st, "high", at, [polyuria, weight],
-                                 "Fluid overload risk in recovery: polyuria with weight "
-                                 "still high; review and stop fluids (pulmonary edema)")
+        overload = _fluid_overload(st, facts, th)
+        if overload is not None:
+            return overload
     closes_at = st.phase_since + int(th.recovery_min_h * HOUR_MS)
     longest = st.phase_since + int(th.recovery_max_h * HOUR_MS)
     if st.max_t >= longest:
         return _transition(st, "none", "info", longest, [],
                            headline=f"Episode closed after {th.recovery_max_h:g} h of recovery")
     if st.max_t >= closes_at:
-        recent = st.max_t - 6 * HOUR_MS
-        if _polyuria_at(st, facts, recent, th) is None and not any(
+        recent = st.max_t - int(th.recovery_calm_h * HOUR_MS)
+        if _flow_evidence(st, facts, recent, th, polyuria=True) is None and not any(
                 r[bp.R_LAST] >= recent for r in facts.hypotension):
             return _transition(st, "none", "info", closes_at, [],
-                               headline="Episode closed: recovery complete, no polyuria or "
-                                        "hypotension in the last 6 h")
+                               headline=f"Episode closed: recovery complete, no polyuria or "
+                                        f"hypotension in the last {th.recovery_calm_h:g} h")
     return None
+
+
+def _fluid_overload(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | None:
+    polyuria = _flow_evidence(st, facts, st.phase_since, th, polyuria=True)
+    baseline = facts.weight_baseline
+    if polyuria is None or baseline is None:
+        return None
+    # the weighing that makes the decision earliest, whatever arrived last
+    best = None
+    pairing = th.fluid_overload_pairing_h * HOUR_MS
+    for row in st.wt:
+        t, kg = int(row[0]), row[1]
+        over = weight_gain.over_baseline_pct(kg, baseline)
+        if abs(t - polyuria.observed_at_ms) <= pairing and over >= th.fluid_overload_weight_pct:
+            at = int(max(t, polyuria.observed_at_ms))
+            if best is None or at < best[0]:
+                best = (at, row, over)
+    if best is None:
+        return None
+    at, row, over = best
+    weight = Evidence("weight_over_baseline", row[1], "kg",
+                      f">= {th.fluid_overload_weight_pct:g} % over baseline (+{over:.1f} %)",
+                      int(row[0]), baseline,
+                      f"weight {row[1]:.1f} kg (+{over:.1f} % over baseline {baseline:.1f} kg)",
+                      known_at(row))
+    return _escalate(st, "high", at, [polyuria, weight],
+                     "Fluid overload risk in recovery: polyuria with weight still high; review "
+                     "and stop fluids (pulmonary edema)")
 
 
 _DECIDERS: dict[str, Callable[[PatientState, _Facts, Thresholds], Alert | None]] = {

@@ -6,17 +6,28 @@ write. Every window is keyed on EVENT time and folds values with order-free aggr
 minima, per-time-slot tallies, readings kept sorted by time), so a lab that arrives hours after its
 draw lands where it belongs and leads to the same decisions as in-order delivery.
 
+One state is one STAY: an ADT admit, or a gap of ``stay_gap_h`` without readings, starts a new one
+(``detectors.plausibility``), so baselines, windows and episodes never reach into another
+admission, and alert ids carry the stay (``stay``).
+
 Layout (short keys because the changelog stores this once per update):
-- ``slots``: 5-minute blood-pressure slots of the last hour, ``{slot: [sbp_n, sbp_low, sbp_high,
-  map_n, map_low, min_sbp, min_map, first_low_t, last_low_t]}``; older slots fold into
-- ``hypo`` / ``norm``: closed runs of hypotensive / recovered slots (see ``criteria.hypotension``);
-- ``labs``: per lab kind, the latest readings ``[t, value]`` sorted by time (bounded);
-- ``wt``: weighings ``[t, kg]`` of the gain window (bounded), ``uo``: urine collections
-  ``[start, end, mL]`` of the last day; ``last``: the latest reading of the other kinds (evidence);
-- ``bl``: admission baselines ``{kind: [t0, n, sum]}``; ``seen``: fingerprints of the last
+- ``slots``: 5-minute blood-pressure slots of the last hour (``criteria.hypotension``); older
+  slots fold into ``hypo`` / ``norm``: closed runs of hypotensive / recovered slots;
+- ``labs``: per lab kind, the latest readings ``[t, value, delay]`` sorted by time (bounded;
+  ``delay``: minutes after ``t`` it became known, ``known_at``; a 4th item marks a censored
+  result, "<2.0", read as its bound);
+- ``wt``: weighings ``[t, kg, delay]``, ``uo``: urine collections ``[start, end, mL, delay]`` of
+  the last day (delay after ``end``); ``last``: the latest reading of the other kinds (evidence);
+- ``bl``: running baselines ``{kind: [t0, n, sum]}`` (SBP, urine flow); ``blr``: the baseline
+  READINGS ``{kind: [[t, value], ...]}`` of the labs and weighings (a decision uses only those
+  drawn before the value it judges: no look-ahead); ``seen``: fingerprints of the last
   observations, so an at-least-once redelivery is not counted twice;
-- ``iv``: the latest interventions per kind ``[start, end, amount, rate, tag]`` of the last 48 h
-  (``detectors.interventions``; carried, not yet used by a decision).
+- ``iv``: interventions per kind ``[start, end, amount, rate, tag]`` (``detectors.interventions``);
+  ``fb``: fluid balance per 6-hour bucket ``{bucket: [mL in, mL out]}`` of the last 54 h;
+- ``max_t`` / ``near`` / ``ahead``: the patient's event-time horizon, whether a second reading
+  supports it, and a reading held back as "in the future" (``detectors.plausibility``);
+  ``arrived``: the latest availability seen (an alert is never raised before its evidence was
+  there); ``wref``: a weighing refused as a jump (two that agree replace the reference).
 """
 
 from __future__ import annotations
@@ -25,15 +36,26 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-#: how many readings each lab window keeps ([D] enough for a trend over the 48-72 h of a leak
-#: with 6-12-hourly draws; older readings no longer change a decision)
-LAB_KEEP = {"hematocrit": 8, "albumin": 8, "leukocytes": 3, "hemoglobin": 3}
-WEIGHT_KEEP = 12
-URINE_KEEP = 30
-RUNS_KEEP = 6
+#: kinds held as lab readings (``labs``); WBC keeps fewer (it only fills evidence)
+LAB_KINDS = ("hematocrit", "albumin", "leukocytes", "hemoglobin")
 SEEN_KEEP = 8
-#: baseline kinds and whether they are vitals (short window) or labs/weighings (long window)
-BASELINE_KINDS = {"sbp": True, "hematocrit": False, "albumin": False, "weight": False}
+URINE_KEEP = 16
+RUNS_KEEP = 6
+#: the kinds whose first readings of the stay are kept as baseline readings
+BASELINE_READING_KINDS = ("hematocrit", "hemoglobin", "albumin", "weight")
+#: fluid-balance bucket length and horizon ([D] 6 h buckets over 54 h: the 48 h gain window
+#: at 6 h resolution, whole mL)
+FLUID_BUCKET_MS = 6 * 3_600_000
+FLUID_HORIZON_MS = 54 * 3_600_000
+
+_SCALARS = (("pid", "patient_id"), ("ph", "phase"), ("ep", "episode"), ("sev", "severity"),
+            ("pt", "phase_since"), ("lt", "leak_since"), ("mx", "max_t"),
+            ("fe", "first_episode_at"))
+_OPTIONAL = (("pd", "pending"), ("sex", "sex"), ("wkg", "weight_kg"), ("ue", "uo_end"),
+             ("st", "stay"), ("sf", "stay_fixed"), ("nr", "near"), ("ah", "ahead"),
+             ("ar", "arrived"), ("ev", "last_evidence"), ("rz", "raised"), ("wref", "wref"),
+             ("wd", "ward"), ("bd", "bed"))
+_CONTAINERS = ("bl", "blr", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv")
 
 
 @dataclass(slots=True)
@@ -50,8 +72,19 @@ class PatientState:
     leak_since: int = 0  # event time the current episode's leak began (0 = no leak yet)
     first_episode_at: int = 0  # baselines take no reading from this event time on (0 = open)
     pending: int = 0  # draw time of a lab panel whose decision waits for the rest of the panel
-    max_t: int = 0  # latest event time seen
+    max_t: int = 0  # the patient's event-time horizon (latest plausible event time seen)
+    #: event time of the stay's first reading (lowered by earlier late readings until the first
+    #: alert fixes it): part of every alert id, so a later stay never repeats an id
+    stay: int = 0
+    stay_fixed: int = 0
+    near: int = 0  # readings within the future tolerance of max_t (capped at 2)
+    ahead: int = 0  # event time of a reading held back as in the future (0 = none)
+    arrived: int = 0  # latest availability (or event time) of anything accepted
+    last_evidence: int = 0  # event time of the latest evidence for the current leak
+    raised: int = 0  # raised_at of the latest alert (a later decision is never raised before)
+    wref: list[float] = field(default_factory=list)  # [t, kg] of a weighing refused as a jump
     bl: dict[str, list[float]] = field(default_factory=dict)
+    blr: dict[str, list[list[float]]] = field(default_factory=dict)
     slots: dict[int, list[float]] = field(default_factory=dict)
     fold: list[int] = field(default_factory=list)  # [slot, class] of the last folded slot
     hypo: list[list[float]] = field(default_factory=list)
@@ -64,46 +97,42 @@ class PatientState:
     seen: list[int] = field(default_factory=list)
     #: interventions per kind, ``[start, end, amount, rate, tag]`` (``detectors.interventions``)
     iv: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    #: fluid balance per 6-hour bucket: ``{bucket: [mL in, mL out]}``
+    fb: dict[int, list[float]] = field(default_factory=dict)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"pid": self.patient_id, "ph": self.phase, "ep": self.episode,
-                             "sev": self.severity, "pt": self.phase_since, "lt": self.leak_since,
-                             "mx": self.max_t, "fe": self.first_episode_at}
-        if self.pending:
-            d["pd"] = self.pending
-        if self.sex is not None:
-            d["sex"] = self.sex
-        if self.weight_kg is not None:
-            d["wkg"] = self.weight_kg
-        if self.ward is not None:
-            d["wd"] = self.ward
-        if self.bed is not None:
-            d["bd"] = self.bed
-        for key in ("bl", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv"):
+        d: dict[str, Any] = {key: getattr(self, name) for key, name in _SCALARS}
+        for key, name in _OPTIONAL:
+            value = getattr(self, name)
+            if value:
+                d[key] = value
+        for key in _CONTAINERS:
             value = getattr(self, key)
             if value:
                 d[key] = value
         if self.slots:
             d["slots"] = {str(k): v for k, v in self.slots.items()}
-        if self.uo_end:
-            d["ue"] = self.uo_end
+        if self.fb:
+            d["fb"] = {str(k): v for k, v in self.fb.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PatientState:
-        return cls(
-            patient_id=d["pid"], sex=d.get("sex"), weight_kg=d.get("wkg"), ward=d.get("wd"),
-            bed=d.get("bd"),
-            phase=d.get("ph", "none"),
-            episode=d.get("ep", 0), severity=d.get("sev", "none"), phase_since=d.get("pt", 0),
-            leak_since=d.get("lt", 0), max_t=d.get("mx", 0), first_episode_at=d.get("fe", 0),
-            pending=d.get("pd", 0), bl=d.get("bl", {}),
-            slots={int(k): v for k, v in d.get("slots", {}).items()}, fold=d.get("fold", []),
-            hypo=d.get("hypo", []), norm=d.get("norm", []), labs=d.get("labs", {}),
-            wt=d.get("wt", []), uo=d.get("uo", []), uo_end=d.get("ue", 0),
-            last=d.get("last", {}), seen=d.get("seen", []), iv=d.get("iv", {}),
-        )
+        st = cls(d["pid"])
+        for key, name in _SCALARS[1:]:
+            if key in d:
+                setattr(st, name, d[key])
+        for key, name in _OPTIONAL:
+            if key in d:
+                setattr(st, name, d[key])
+        for key in _CONTAINERS:
+            if key in d:
+                setattr(st, key, d[key])
+        st.slots = {int(k): v for k, v in d.get("slots", {}).items()}
+        st.fb = {int(k): v for k, v in d.get("fb", {}).items()}
+        _upgrade(st)
+        return st
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
@@ -114,7 +143,7 @@ class PatientState:
 
     # --- read helpers used by the criteria ----------------------------------------------------
     def baseline(self, kind: str, min_n: int = 1) -> float | None:
-        """Mean of the admission-window readings of ``kind`` (None until ``min_n`` were seen)."""
+        """Mean of the running baseline of ``kind`` (SBP, urine flow; None until ``min_n``)."""
         b = self.bl.get(kind)
         if not b or b[1] < min_n:
             return None
@@ -124,7 +153,7 @@ class PatientState:
         return self.labs.get(kind, [])
 
     def latest(self, kind: str) -> list[float] | None:
-        """The latest reading [t, value] of a lab or other kind, by event time."""
+        """The latest reading [t, value, ...] of a lab or other kind, by event time."""
         readings = self.labs.get(kind)
         if readings:
             return readings[-1]
@@ -133,9 +162,27 @@ class PatientState:
 
 # --- window updates (pure data operations on the state) ------------------------------------------
 
+def _upgrade(st: PatientState) -> None:
+    """A state written by an earlier version (a worker's changelog survives an upgrade): slots
+    and runs without the availability fields get them (0: known at their event time), a run
+    counts its SBP and MAP readings as one."""
+    for slot in st.slots.values():
+        if len(slot) < 12:
+            slot.extend([0] * (12 - len(slot)))
+    for run in st.hypo:
+        if len(run) < 12:
+            run.extend([run[4], 0, 0, run[7]][len(run) - 8:] if len(run) >= 8 else [])
+            run.extend([0] * (12 - len(run)))
+    for run in st.norm:
+        if len(run) < 5:
+            run.extend([0] * (5 - len(run)))
+    if not st.stay and st.max_t:
+        st.stay = st.max_t
+
+
 def add_baseline(st: PatientState, kind: str, t: int, value: float, window_ms: int) -> None:
-    """Fold a reading into the admission baseline if it lies in the first ``window_ms`` and
-    before the patient's first episode: a baseline never drifts into the leak it measures."""
+    """Fold a reading into a running baseline if it lies in the first ``window_ms`` and before
+    the patient's first episode: a baseline never drifts into the leak it measures."""
     if st.first_episode_at and t >= st.first_episode_at:
         return
     b = st.bl.get(kind)
@@ -150,6 +197,22 @@ def add_baseline(st: PatientState, kind: str, t: int, value: float, window_ms: i
     elif t - b[0] <= window_ms:
         b[1] += 1
         b[2] += value
+
+
+def add_baseline_reading(st: PatientState, kind: str, t: int, value: float, window_ms: int,
+                         keep: int) -> None:
+    """Keep ``[t, value]`` as a baseline reading of ``kind`` when it lies within ``window_ms`` of
+    the stay's first reading of that kind and before the first episode (at most ``keep``, the
+    earliest ones)."""
+    if st.first_episode_at and t >= st.first_episode_at:
+        return
+    rows = st.blr.setdefault(kind, [])
+    if rows and t - rows[0][0] > window_ms:
+        return
+    insert_row(rows, [t, value], keep + 1)
+    # an earlier late reading may move the window start: drop what now lies outside it
+    while len(rows) > keep or (rows and rows[-1][0] - rows[0][0] > window_ms):
+        del rows[-1]
 
 
 def insert_row(rows: list[list[float]], row: list[float], keep: int) -> None:
@@ -175,8 +238,15 @@ def remove_rows(rows: list[list[float]], t: int, value: float | None) -> list[fl
 
 
 def remove_baseline(st: PatientState, kind: str, t: int, value: float, window_ms: int) -> None:
-    """Take a withdrawn reading back out of the admission baseline if ``add_baseline`` would
-    have folded it in (same window and episode rules). The window's start is not moved back."""
+    """Take a withdrawn reading back out of the baseline it entered: a lab's or weighing's
+    baseline reading, or the running baseline (same window and episode rules as when it was
+    added; the window's start is not moved back)."""
+    readings = st.blr.get(kind)
+    if readings is not None:
+        remove_rows(readings, t, value)
+        if not readings:
+            del st.blr[kind]
+        return
     b = st.bl.get(kind)
     if b is None or (st.first_episode_at and t >= st.first_episode_at):
         return
@@ -187,13 +257,82 @@ def remove_baseline(st: PatientState, kind: str, t: int, value: float, window_ms
             del st.bl[kind]
 
 
-def add_urine(st: PatientState, start: int, end: int, ml: float, horizon_ms: int) -> None:
-    """Record a urine collection [start, end, mL]; drop those ending before the horizon."""
-    insert_row(st.uo, [start, end, ml], URINE_KEEP)
+def add_urine(st: PatientState, row: list[float], horizon_ms: int) -> None:
+    """Record a urine collection [start, end, mL, delay]; drop those ending before the
+    horizon."""
+    insert_row(st.uo, row, URINE_KEEP)
     cutoff = st.max_t - horizon_ms
     while st.uo and st.uo[0][1] < cutoff:
         del st.uo[0]
 
 
+def add_fluid(st: PatientState, start: int, end: int, ml: float, column: int) -> None:
+    """Spread ``ml`` given (column 0) or passed (column 1) over [start, end] into the 6-hour
+    fluid-balance buckets; buckets older than 72 h before the horizon are dropped."""
+    end = max(end, start)
+    span = end - start
+    b = start // FLUID_BUCKET_MS
+    last = end // FLUID_BUCKET_MS
+    while b <= last:
+        lo = max(start, b * FLUID_BUCKET_MS)
+        hi = min(end, (b + 1) * FLUID_BUCKET_MS)
+        share = 1.0 if span <= 0 else (hi - lo) / span
+        if share > 0:
+            cell = st.fb.setdefault(b, [0, 0])
+            cell[column] = round(cell[column] + ml * share)
+        b += 1
+    oldest = (max(st.max_t, end) - FLUID_HORIZON_MS) // FLUID_BUCKET_MS
+    for key in [k for k in st.fb if k < oldest]:
+        del st.fb[key]
+
+
+def fluid_balance_ml(st: PatientState, start: int, end: int) -> float | None:
+    """Net mL (in minus out) of the buckets overlapping [start, end] pro rata, or None when
+    nothing was recorded over it (no fluid data is not a balance of zero)."""
+    if not st.fb:
+        return None
+    net = 0.0
+    found = False
+    for b, (given, passed) in st.fb.items():
+        lo = max(start, b * FLUID_BUCKET_MS)
+        hi = min(end, (b + 1) * FLUID_BUCKET_MS)
+        if hi > lo:
+            found = True
+            net += (given - passed) * (hi - lo) / FLUID_BUCKET_MS
+    return net if found else None
+
+
+def delay_min(t: int, known: int) -> int:
+    """How long after its event time ``t`` a reading became known, in whole minutes rounded up
+    (stored instead of a second epoch: it keeps the state small and never claims it earlier)."""
+    return -((t - known) // 60_000) if known > t else 0
+
+
+def known_at(row: list[float], t_index: int = 0) -> int:
+    """When a stored reading became known: its event time (``row[t_index]``) plus the delay in
+    minutes kept two items after it."""
+    return int(row[t_index] + (row[t_index + 2] * 60_000 if len(row) > t_index + 2 else 0))
+
+
+#: a lab row's optional 4th item: the result was reported as a bound ("<2.0" -> -1, ">70" -> 1)
+CENSORED_CODE = {"<": -1, ">": 1}
+
+
+def censored_mark(row: list[float]) -> str:
+    """"<" or ">" when a lab row holds a censored result's bound, else ""."""
+    if len(row) > 3:
+        return "<" if row[3] < 0 else ">"
+    return ""
+
+
 def state_size_bytes(st: PatientState) -> int:
     return len(st.to_json())
+
+
+def reset_stay(st: PatientState) -> None:
+    """Start a new stay in place (callers hold the object): the ADT facts (sex, admission
+    weight, ward, bed) are kept, everything measured is forgotten."""
+    fresh = PatientState(st.patient_id, sex=st.sex, weight_kg=st.weight_kg, ward=st.ward,
+                         bed=st.bed)
+    for name in PatientState.__slots__:
+        setattr(st, name, getattr(fresh, name))

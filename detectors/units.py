@@ -55,24 +55,24 @@ KINDS: dict[str, KindSpec] = {
     "heart_rate": KindSpec(
         "/min",
         {"/min": _SAME, "1/min": _SAME, "{beats}/min": _SAME, "bpm": _SAME, "beats/min": _SAME},
-        20.0, 300.0, _CRITERIA),
+        1.0, 300.0, _CRITERIA),
     "hematocrit": KindSpec(
         "%",
         {"%": _SAME, "l/l": _scale(100.0), "fraction": _scale(100.0), "1": _scale(100.0)},
-        10.0, 80.0, _CRITERIA),
+        5.0, 80.0, _CRITERIA),
     "leukocytes": KindSpec(
         "10^9/L",
         {"10*9/l": _SAME, "10^9/l": _SAME, "x10^9/l": _SAME, "g/l": _SAME,
          "10*3/ul": _SAME, "10^3/ul": _SAME, "k/ul": _SAME, "10*3/mm3": _SAME,
          "/ul": _scale(0.001), "/mm3": _scale(0.001), "cells/ul": _scale(0.001)},
-        0.1, 200.0, _CRITERIA),
+        0.05, 1000.0, _CRITERIA),
     "urine_output": KindSpec("mL", {"ml": _SAME, "l": _scale(1000.0)}, 0.0, 48000.0,
                              "[D] 2000 mL/h x 24 h; the per-hour rate is checked with period_min"),
     "albumin": KindSpec("g/dL", {"g/dl": _SAME, "g/l": _scale(0.1)}, 0.5, 6.5, _CRITERIA),
     "hemoglobin": KindSpec(
         "g/dL",
         {"g/dl": _SAME, "g/l": _scale(0.1), "mmol/l": _scale(_HB_GDL_PER_MMOLL)},
-        3.0, 25.0, _CRITERIA),
+        1.5, 25.0, _CRITERIA),
     "temperature": KindSpec(
         "Cel",
         {"cel": _SAME, "°c": _SAME, "c": _SAME, "degc": _SAME,

@@ -43,7 +43,12 @@ def _hhmm(value: object) -> str | None:
 
 
 def evidence_line(evidence: dict[str, Any]) -> str:
-    """One piece of evidence (the contract's evidence object) as one readable line."""
+    """One piece of evidence (the contract's evidence object) as one readable line: the
+    engine's own clinical text when it gave one ("Low blood pressure: MAP 56 mmHg (< 65; low
+    for 35 min)"), else built from the numbers."""
+    text = evidence.get("text")
+    if isinstance(text, str) and text:
+        return f"{criterion_words(evidence.get('criterion', '?'))}: {text}"
     value = evidence.get("value")
     number = f"{value:g}" if isinstance(value, int | float) else str(value)
     text = f"{criterion_words(evidence.get('criterion', '?'))}: {number} " \

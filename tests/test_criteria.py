@@ -93,9 +93,11 @@ class TestHypoalbuminemia:
         assert hypoalbuminemia.is_low(3.5, 4.0, TH)
         assert not hypoalbuminemia.is_low(3.6, 4.0, TH)
 
-    def test_evidence_names_the_first_low_reading_after_the_given_time(self):
-        e = hypoalbuminemia.first_low_since([[T0, 2.0], [T0 + HOUR, 2.5]], T0 + 1, None, TH)
-        assert e.value == 2.5 and e.observed_at_ms == T0 + HOUR
+    def test_escalation_needs_a_fall_of_half_a_gram_or_an_albumin_below_two_and_a_half(self):
+        assert hypoalbuminemia.escalates(3.4, 3.9, TH)
+        assert not hypoalbuminemia.escalates(3.5, 3.9, TH)
+        assert hypoalbuminemia.escalates(2.4, None, TH)
+        assert not hypoalbuminemia.escalates(2.9, None, TH)  # below 3.0 alone: the ICU norm
 
 
 class TestWeightGain:

@@ -67,27 +67,92 @@ def test_step_never_raises_on_any_sequence_of_valid_observations(stream):
         assert len(state.to_json()) < 8192
 
 
-def shuffled_within_bounds(rows, seed, vital_jitter_ms=3 * MIN, lab_delay_ms=4 * HOUR):
-    """Arrival order of a real feed: vitals up to 3 min late, each lab panel up to 4 h late."""
+LABS = ("hematocrit", "albumin", "leukocytes", "hemoglobin")
+
+
+def shuffled_within_bounds(rows, seed, vital_jitter_ms=3 * MIN, lab_delay_ms=4 * HOUR,
+                           stamp=False):
+    """Arrival order of a real feed: vitals up to 3 min late, each lab panel up to 4 h late
+    (``stamp``: each row also says when it arrived, as ``available_at``)."""
     rng = random.Random(seed)
     panel_delay = {}
 
     def arrival(row):
         t = parse_time_ms(row["observed_at"])
-        if row["kind"] in ("hematocrit", "albumin", "leukocytes", "hemoglobin"):
+        if row["kind"] in LABS:
             return t + panel_delay.setdefault(t, rng.uniform(0, lab_delay_ms))
         return t + rng.uniform(0, vital_jitter_ms)
 
-    return sorted(rows, key=arrival)
+    timed = sorted(((arrival(r), i, r) for i, r in enumerate(rows)), key=lambda x: x[:2])
+    if stamp:
+        return [dict(r, available_at=int(a)) for a, _, r in timed]
+    return [r for _, _, r in timed]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=st.sampled_from(PROFILES), seed=st.integers(0, 10_000),
        shuffle_seed=st.integers(0, 10_000))
-def test_in_order_and_shuffled_within_bounds_give_the_same_alerts(profile, seed, shuffle_seed):
+def test_shuffling_arrival_within_the_lateness_bounds_changes_no_alert_id(profile, seed,
+                                                                          shuffle_seed):
     p = make_patient("p", profile, seed, T0, hours=120, vitals_every_min=5)
     in_order = sorted(p.observations, key=lambda r: parse_time_ms(r["observed_at"]))
     expected, _ = run(in_order, p.context())
     got, _ = run(shuffled_within_bounds(p.observations, shuffle_seed), p.context())
-    assert [(a.alert_id, a.raised_at_ms) for a in got] == [(a.alert_id, a.raised_at_ms)
-                                                           for a in expected]
+    assert [(a.alert_id, a.onset_at_ms) for a in got] == [(a.alert_id, a.onset_at_ms)
+                                                          for a in expected]
+
+
+#: the kind of observation behind each evidence criterion that names one reading
+_EVIDENCE_KIND = {"hemoconcentration": "hematocrit", "hypoalbuminemia": "albumin",
+                  "leukocytosis": "leukocytes", "hematocrit_falling": "hematocrit",
+                  "rapid_weight_gain": "weight", "weight_over_baseline": "weight"}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), seed=st.integers(0, 10_000),
+       shuffle_seed=st.integers(0, 10_000))
+def test_raised_at_never_precedes_the_arrival_of_its_evidence(profile, seed, shuffle_seed):
+    p = make_patient("p", profile, seed, T0, hours=120, vitals_every_min=5)
+    rows = shuffled_within_bounds(p.observations, shuffle_seed, stamp=True)
+    arrived = {(r["kind"], parse_time_ms(r["observed_at"])): r["available_at"] for r in rows}
+    alerts, _ = run(rows, p.context())
+    for a in alerts:
+        assert a.raised_at_ms >= a.onset_at_ms
+        for e in a.evidence:
+            assert a.raised_at_ms >= e.observed_at_ms
+            kind = _EVIDENCE_KIND.get(e.criterion)
+            if kind is not None:
+                assert a.raised_at_ms >= arrived[(kind, e.observed_at_ms)], (a.summary, e)
+
+
+def _out_of_series(rows, rng):
+    """One value that does not fit the patient's series, at a random place in the stream."""
+    weights = [r for r in rows if r["kind"] == "weight"]
+    hcts = [r for r in rows if r["kind"] == "hematocrit"]
+    choice = rng.randrange(4)
+    if choice == 0 and weights:  # a unit slip: kg read as g/10, or x10
+        w = rng.choice(weights)
+        bad = dict(w, value=round(w["value"] * rng.choice((0.1, 10.0)) % 400 or 1.0, 1),
+                   observed_at=parse_time_ms(w["observed_at"]) + 3 * HOUR)
+    elif choice == 1 and hcts:  # a Hct 40 points off 30 min after a draw
+        h = rng.choice(hcts)
+        value = h["value"] + 40 if h["value"] < 40 else h["value"] - 30
+        bad = dict(h, value=value, observed_at=parse_time_ms(h["observed_at"]) + 30 * MIN)
+    else:  # one wild blood pressure reading
+        v = rng.choice([r for r in rows if r["kind"] in ("sbp", "map")])
+        bad = dict(v, value=25 if v["kind"] == "map" else 40,
+                   observed_at=parse_time_ms(v["observed_at"]) + MIN)
+    at = next(i for i, r in enumerate(rows)
+              if parse_time_ms(r["observed_at"]) >= parse_time_ms(bad["observed_at"]))
+    return rows[:at] + [bad] + rows[at:]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=st.sampled_from(PROFILES), seed=st.integers(0, 10_000),
+       where=st.integers(0, 10_000))
+def test_a_single_out_of_series_value_never_creates_or_removes_an_alert(profile, seed, where):
+    p = make_patient("p", profile, seed, T0, hours=120, vitals_every_min=5)
+    rows = sorted(p.observations, key=lambda r: parse_time_ms(r["observed_at"]))
+    expected, _ = run(rows, p.context())
+    got, _ = run(_out_of_series(rows, random.Random(where)), p.context())
+    assert [a.alert_id for a in got] == [a.alert_id for a in expected]

@@ -6,34 +6,46 @@ so that one reading never raises it. Recovery needs "SBP > 100 held" [D].
 
 Readings are tallied per event-time slot (counts are order-free, so late and shuffled vitals give
 the same slots). A slot is *low* when most SBP or most MAP readings in it are low: a lone artefact
-among good readings changes nothing. Consecutive low slots, allowing gaps of empty slots as long
-as a cuff cycle (30 min), form a *run*; a run is *persistent* once it holds >= 3 low readings
-spanning >= 10 minutes. Slots older than the late horizon fold into closed runs, so the state stays
-bounded while a shock that lasts days is still one run.
+among good readings changes nothing. Consecutive low slots, allowing gaps of EMPTY slots up to
+``hypotension_gap_min`` (90 min: hourly charting is bridged, a normal reading in between still
+ends the run), form a *run*; a run is *persistent* once it holds >= 3 low readings at distinct
+times (an SBP and a MAP of one cuff cycle are one reading) spanning >= 10 minutes. So a 1-minute
+monitor needs 10 minutes of low pressure and hourly charting three low chartings in a row. Slots
+older than the late horizon fold into closed runs, so the state stays bounded while a shock that
+lasts days is still one run.
+
+Each slot and run also keeps the latest AVAILABILITY of its readings, so that the moment a run
+became persistent carries the time its readings were known (an alert is never raised before
+its evidence existed).
 """
 
 from __future__ import annotations
 
 from detectors.config import MIN_MS, Thresholds
 
-# slot fields (CLS: the slot's class as of its last reading, cached for the hot path)
-SBP_N, SBP_LOW, SBP_HIGH, MAP_N, MAP_LOW, MIN_SBP, MIN_MAP, FIRST_LOW_T, LAST_LOW_T, CLS = range(10)
+# slot fields (CLS: the slot's class as of its last reading, cached for the hot path; LOW_AV /
+# HIGH_AV: latest availability of its low / recovered readings)
+(SBP_N, SBP_LOW, SBP_HIGH, MAP_N, MAP_LOW, MIN_SBP, MIN_MAP, FIRST_LOW_T, LAST_LOW_T, CLS,
+ LOW_AV, HIGH_AV) = range(12)
 LOW, MID, HIGH = 0, 1, 2
-#: [D] a gap of empty slots up to one NIBP cycle (15-30 min in an unstable patient) keeps a run
-GAP_TOLERANCE_MS = 30 * MIN_MS
-#: low run record: [first_low_t, last_low_t, start_slot, end_slot, n_low, min_sbp, min_map, q_t]
-#: (q_t = event time the run became persistent, 0 while it has not); high run: [start, end, q_t]
-R_FIRST, R_LAST, R_START, R_END, R_N, R_MIN_SBP, R_MIN_MAP, R_Q = range(8)
+#: low run record: [first_low_t, last_low_t, start_slot, end_slot, n_low, min_sbp, min_map, q_t,
+#: n_sbp_low, n_map_low, available, q_available] (q_t = event time the run became persistent, 0
+#: while it has not; n_low counts readings at distinct times); high run: [start_slot, end_slot,
+#: q_t, available, q_available]
+(R_FIRST, R_LAST, R_START, R_END, R_N, R_MIN_SBP, R_MIN_MAP, R_Q, R_NS, R_NM, R_AV,
+ R_QA) = range(12)
+H_START, H_END, H_Q, H_AV, H_QA = range(5)
 _NO_VALUE = 999.0
 
 
 def new_slot() -> list[float]:
-    return [0, 0, 0, 0, 0, _NO_VALUE, _NO_VALUE, 0, 0, -1]
+    return [0, 0, 0, 0, 0, _NO_VALUE, _NO_VALUE, 0, 0, -1, 0, 0]
 
 
 def add_reading(slot: list[float], kind: str, value: float, t: int, sbp_baseline: float | None,
-                th: Thresholds) -> tuple[int, int]:
-    """Tally one SBP or MAP reading into its slot; return its class (before, after)."""
+                th: Thresholds, available: int = 0) -> tuple[int, int]:
+    """Tally one SBP or MAP reading into its slot; return its class (before, after).
+    ``available``: when the reading became known (0 = at ``t``)."""
     if kind == "sbp":
         low = value <= th.sbp_low_mmhg or (
             sbp_baseline is not None and sbp_baseline - value >= th.sbp_fall_mmhg)
@@ -42,6 +54,8 @@ def add_reading(slot: list[float], kind: str, value: float, t: int, sbp_baseline
             slot[SBP_LOW] += 1
         elif value > th.recovery_sbp_mmhg:
             slot[SBP_HIGH] += 1
+            if available > slot[HIGH_AV] or t > slot[HIGH_AV]:
+                slot[HIGH_AV] = max(available, t)
         if value < slot[MIN_SBP]:
             slot[MIN_SBP] = value
     else:
@@ -56,6 +70,9 @@ def add_reading(slot: list[float], kind: str, value: float, t: int, sbp_baseline
             slot[FIRST_LOW_T] = t
         if t > slot[LAST_LOW_T]:
             slot[LAST_LOW_T] = t
+        known = available if available > t else t
+        if known > slot[LOW_AV]:
+            slot[LOW_AV] = known
     before = int(slot[CLS])
     after = slot_class(slot)
     slot[CLS] = after
@@ -79,9 +96,10 @@ def fold(low_runs: list[list[float]], high_runs: list[list[float]], prev: list[i
     they only want to look."""
     cls = slot_class(slot)
     slot_ms = th.bp_slot_ms
-    continues = bool(prev) and prev[1] == cls and (s - prev[0]) * slot_ms <= GAP_TOLERANCE_MS
+    continues = bool(prev) and prev[1] == cls and (s - prev[0] - 1) * slot_ms <= th.bp_gap_ms
     if cls == LOW:
-        n_low = slot[SBP_LOW] + slot[MAP_LOW]
+        n_sbp, n_map = slot[SBP_LOW], slot[MAP_LOW]
+        n_low = n_sbp if n_sbp > n_map else n_map  # an SBP and its MAP are one reading
         if continues and low_runs:
             run = low_runs[-1]
             run[R_LAST] = max(run[R_LAST], slot[LAST_LOW_T])
@@ -89,24 +107,30 @@ def fold(low_runs: list[list[float]], high_runs: list[list[float]], prev: list[i
             run[R_N] += n_low
             run[R_MIN_SBP] = min(run[R_MIN_SBP], slot[MIN_SBP])
             run[R_MIN_MAP] = min(run[R_MIN_MAP], slot[MIN_MAP])
+            run[R_NS] += n_sbp
+            run[R_NM] += n_map
+            run[R_AV] = max(run[R_AV], slot[LOW_AV])
         else:
             run = [slot[FIRST_LOW_T], slot[LAST_LOW_T], s, s, n_low, slot[MIN_SBP],
-                   slot[MIN_MAP], 0]
+                   slot[MIN_MAP], 0, n_sbp, n_map, slot[LOW_AV], 0]
             low_runs.append(run)
         hold_ms = th.hypotension_hold_min * MIN_MS
         if (not run[R_Q] and run[R_N] >= th.hypotension_min_readings
                 and run[R_LAST] - run[R_FIRST] >= hold_ms):
             run[R_Q] = int(max(run[R_FIRST] + hold_ms, slot[FIRST_LOW_T]))
+            run[R_QA] = max(run[R_AV], run[R_Q])
     elif cls == HIGH:
         if continues and high_runs:
             run = high_runs[-1]
-            run[1] = s
+            run[H_END] = s
+            run[H_AV] = max(run[H_AV], slot[HIGH_AV])
         else:
-            run = [s, s, 0]
+            run = [s, s, 0, slot[HIGH_AV], 0]
             high_runs.append(run)
         hold_ms = th.recovery_hold_min * MIN_MS
-        if not run[2] and (run[1] + 1 - run[0]) * slot_ms >= hold_ms:
-            run[2] = int(run[0] * slot_ms + hold_ms)
+        if not run[H_Q] and (run[H_END] + 1 - run[H_START]) * slot_ms >= hold_ms:
+            run[H_Q] = int(run[H_START] * slot_ms + hold_ms)
+            run[H_QA] = max(run[H_AV], run[H_Q])
     return [s, cls]
 
 
@@ -127,8 +151,9 @@ def persistent(low_runs: list[list[float]]) -> list[list[float]]:
     return [r for r in low_runs if r[R_Q]]
 
 
-def run_nadir_text(run: list[float]) -> tuple[float, str]:
-    """The run's worst value as evidence: SBP nadir if any SBP was read, else MAP nadir."""
-    if run[R_MIN_SBP] < _NO_VALUE:
-        return run[R_MIN_SBP], "sbp"
-    return run[R_MIN_MAP], "map"
+def run_nadir(run: list[float], th: Thresholds) -> tuple[str, float]:
+    """The run's worst value as evidence: ("SBP", nadir) when most of its low readings were SBP
+    readings (or no MAP was low), else ("MAP", nadir): the measure that made it hypotensive."""
+    if run[R_MIN_SBP] < _NO_VALUE and (run[R_NS] >= run[R_NM] or run[R_MIN_MAP] >= _NO_VALUE):
+        return "SBP", run[R_MIN_SBP]
+    return "MAP", run[R_MIN_MAP]

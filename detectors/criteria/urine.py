@@ -3,7 +3,7 @@
 Criteria (docs/clinical-criteria.md): oliguria < 0.5 mL/kg/h for 6 h (KDIGO 2012 stage 1); polyuria
 > 2.1 mL/kg/h sustained >= 3 h (StatPearls). Collections ``[start, end, mL]`` are pro-rated into
 the window; a window less than 90 % covered by collections [D] gives no answer rather than a rate
-computed from missing data (a missing hour of charting is not anuria).
+computed from missing data (a missing hour of charting is not anuria; ``urine_min_coverage``).
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from detectors.config import HOUR_MS
+from detectors.state import known_at
 
+#: [D] default share of a window that collections must cover (Thresholds.urine_min_coverage)
 MIN_COVERAGE = 0.9
 
 
-def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, weight_kg: float
-                     ) -> float | None:
+def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, weight_kg: float,
+                     min_coverage: float = MIN_COVERAGE) -> float | None:
     """Mean urine flow over (end - hours, end], or None when under-covered."""
     start = end - hours * HOUR_MS
     covered = 0.0
     ml = 0.0
-    for c_start, c_end, c_ml in collections:
+    for row in collections:
+        c_start, c_end, c_ml = row[0], row[1], row[2]
         lo = max(c_start, start)
         hi = min(c_end, end)
         if hi <= lo or c_end <= c_start:
@@ -29,19 +32,23 @@ def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, wei
         share = (hi - lo) / (c_end - c_start)
         covered += hi - lo
         ml += c_ml * share
-    if covered < MIN_COVERAGE * (end - start):
+    if covered < min_coverage * (end - start):
         return None
     return ml / weight_kg / (covered / HOUR_MS)
 
 
 def first_flow(collections: list[list[float]], since: int, hours: float, weight_kg: float,
-               beyond: Callable[[float], bool]) -> tuple[int, float] | None:
+               beyond: Callable[[float], bool], min_coverage: float = MIN_COVERAGE
+               ) -> tuple[int, float, int] | None:
     """The first collection end from ``since`` at which the flow over the last ``hours`` meets
-    ``beyond`` (e.g. above the polyuria cut-off): (end, mL/kg/h), or None."""
-    for _, end, _ in collections:
+    ``beyond`` (e.g. above the polyuria cut-off): (end, mL/kg/h, available), or None."""
+    known = 0
+    for row in collections:
+        end = row[1]
+        known = max(known, known_at(row, 1))
         if end < since:
             continue
-        rate = rate_ml_per_kg_h(collections, int(end), hours, weight_kg)
+        rate = rate_ml_per_kg_h(collections, int(end), hours, weight_kg, min_coverage)
         if rate is not None and beyond(rate):
-            return int(end), rate
+            return int(end), rate, max(known, int(end))
     return None

@@ -12,16 +12,18 @@ from collections.abc import Callable
 
 from detectors.alerts import Evidence
 from detectors.config import HOUR_MS, Thresholds
+from detectors.state import known_at
 
 
 def gain_at(weighings: list[list[float]], i: int, baseline_kg: float, th: Thresholds
             ) -> float | None:
     """Gain (kg) of weighing ``i`` over the lightest weighing of the 48 h before it, when it
     meets the criterion; otherwise None."""
-    t, kg = weighings[i]
+    t, kg = weighings[i][0], weighings[i][1]
     window_start = t - th.weight_gain_window_h * HOUR_MS
     lightest = None
-    for tj, kj in weighings[:i]:
+    for row in weighings[:i]:
+        tj, kj = row[0], row[1]
         if tj >= window_start and (lightest is None or kj < lightest):
             lightest = kj
     if lightest is None:
@@ -30,6 +32,17 @@ def gain_at(weighings: list[list[float]], i: int, baseline_kg: float, th: Thresh
     if gain >= th.weight_gain_kg or gain >= baseline_kg * th.weight_gain_pct / 100.0:
         return gain
     return None
+
+
+def lightest_before(weighings: list[list[float]], i: int, th: Thresholds) -> list[float] | None:
+    """The lightest weighing of the gain window before weighing ``i`` (the gain's start)."""
+    t = weighings[i][0]
+    window_start = t - th.weight_gain_window_h * HOUR_MS
+    best = None
+    for row in weighings[:i]:
+        if row[0] >= window_start and (best is None or row[1] < best[1]):
+            best = row
+    return best
 
 
 def confirmed_gain(weighings: list[list[float]], baseline_kg: float, since: int,
@@ -42,7 +55,10 @@ def confirmed_gain(weighings: list[list[float]], baseline_kg: float, since: int,
     prodrome comes with a very low urine output). With 12-hourly weighings a second weighing
     alone often comes after the leak has begun."""
     streak = 0
-    for i, (t, kg) in enumerate(weighings):
+    known = 0
+    for i, row in enumerate(weighings):
+        t, kg = row[0], row[1]
+        known = max(known, known_at(row))
         gain = gain_at(weighings, i, baseline_kg, th)
         if gain is None:
             streak = 0
@@ -58,7 +74,10 @@ def confirmed_gain(weighings: list[list[float]], baseline_kg: float, since: int,
         found = Evidence("rapid_weight_gain", kg, "kg",
                          f"gain >= {th.weight_gain_pct:g} % of baseline or >= "
                          f"{th.weight_gain_kg:g} kg within {th.weight_gain_window_h:g} h "
-                         f"(+{gain:.1f} kg)", int(t), baseline_kg)
+                         f"(+{gain:.1f} kg)", int(t), baseline_kg,
+                         f"weight {kg:.1f} kg (+{gain:.1f} kg within "
+                         f"{th.weight_gain_window_h:g} h; baseline {baseline_kg:.1f} kg)",
+                         known)
         return [found, sign] if sign is not None else [found]
     return None
 

@@ -129,12 +129,15 @@ def evaluate(observations: pd.DataFrame, truth: pd.DataFrame | None,
         alerts = alerts_of.get(pid, [])
         state = result.states.get(pid)
         sex = state.sex if state else None
-        baseline = state.baseline("hematocrit") if state else None
+        first = state.blr.get("hematocrit") if state else None
+        baseline = hemoconcentration.median([r[1] for r in first]) if first else None
         leaks = rows[rows["phase"] == "leak"]
         previous_leak_end = None
         for _, leak in leaks.iterrows():
             start, end = int(leak["start_ms"]), int(leak["end_ms"])
-            hits = [a for a in alerts if a["phase"] == "leak" and a["severity"] == "high"
+            # a leak enters at high, or at critical when the triad is complete at once
+            hits = [a for a in alerts if a["phase"] == "leak"
+                    and a["severity"] in ("high", "critical") and a["previous_phase"] != "leak"
                     and start - DETECT_BEFORE_MS <= a["t"] <= end]
             detected["leak"][1] += 1
             measurable = None

@@ -137,7 +137,7 @@ class _Replay:
             norm["patient_id"].tolist(), norm["kind"].tolist(), norm["value"].tolist(),
             norm["t"].tolist(), _text(df, "source", rows), _periods(norm),
             _text(df, "id", rows), [None if a == NO_TIME else a for a in avail.tolist()],
-            norm["status"].tolist(), strict=True)))
+            norm["status"].tolist(), _censored(df, rows), strict=True)))
         batch = _Batch(df, rows, observations, ok.tolist(), offset)
         start = 0
         for pos, event in self._events_within(clock):
@@ -250,6 +250,14 @@ def _text(df: pd.DataFrame, column: str, rows: Sequence[int]) -> list[str]:
         return [""] * len(rows)
     col = df[column] if isinstance(rows, range) else df[column].iloc[list(rows)]
     return col.fillna("").astype(str).tolist()
+
+
+def _censored(df: pd.DataFrame, rows: Sequence[int]) -> list[str]:
+    """The optional ``censored`` column ("<" or ">": the value is a reported bound)."""
+    if "censored" not in df:
+        return [""] * len(rows)
+    marks = _text(df, "censored", rows)
+    return [m if m in ("<", ">") else "" for m in marks]
 
 
 def _periods(norm: pd.DataFrame) -> list[float | None]:

@@ -2,9 +2,12 @@
 
 Deterministic for a seed (no clock, no I/O), so tests, the demo, the benchmark and the evaluation
 all draw the same cohort. Each patient follows a piecewise-linear trajectory per kind with noise;
-vitals are sampled every few minutes, labs are drawn every few hours and REPORTED one to three
-hours later (the output is in arrival order, as a lab system publishes), weights are taken twice a
-day, urine is charted hourly. Ground truth is the phase intervals of each patient.
+vitals are sampled every few minutes, labs (a panel of Hct, Hb, albumin and WBC) are drawn every
+few hours and REPORTED one to three hours later (the output is in arrival order, as a lab system
+publishes), weights are taken twice a day, urine is charted hourly. Labs, weights and urine draw
+their noise from their own random streams, so the same cohort with vitals charted at another
+rate (``vitals_every_min=60``: hourly charting) has the same labs. Ground truth is the phase
+intervals of each patient.
 
 Profiles (numbers from docs/clinical-criteria.md):
 - ``stable``: nothing happens.
@@ -257,25 +260,31 @@ def make_patient(patient_id: str, profile: str, seed: int, start_ms: int, hours:
         emit("heart_rate", heart_rate, t, "/min", t)
         t += step_ms
     lab_ms = int(labs_every_h * HOUR_MS)
-    t = start_ms + int(rng.uniform(0, 2) * HOUR_MS)
+    lab_rng = random.Random(seed ^ 0x1AB5)  # the labs do not depend on the vitals sampled
+    lab_holes = random.Random(seed ^ 0x0DE1)
+    t = start_ms + int(lab_rng.uniform(0, 2) * HOUR_MS)
     while t < end:
         h = (t - start_ms) / HOUR_MS
-        delay = int(rng.uniform(1, 3) * HOUR_MS)
-        hct = tracks["hematocrit"].at(h) + rng.gauss(0, 0.7)
-        alb = tracks["albumin"].at(h) + rng.gauss(0, 0.08)
-        wbc = max(0.5, tracks["leukocytes"].at(h) + rng.gauss(0, 0.6))
-        if labs_missing and holes.random() < labs_missing:
+        delay = int(lab_rng.uniform(1, 3) * HOUR_MS)
+        hct = tracks["hematocrit"].at(h) + lab_rng.gauss(0, 0.7)
+        hb = tracks["hematocrit"].at(h) / 3.0 + lab_rng.gauss(0, 0.25)  # Hct ~ 3 x Hb
+        alb = tracks["albumin"].at(h) + lab_rng.gauss(0, 0.08)
+        wbc = max(0.5, tracks["leukocytes"].at(h) + lab_rng.gauss(0, 0.6))
+        if labs_missing and lab_holes.random() < labs_missing:
             t += lab_ms
             continue
         if alt_units:
             emit("hematocrit", hct / 100, t, "L/L", t + delay)
+            emit("hemoglobin", hb * 10, t, "g/L", t + delay)
             emit("albumin", alb * 10, t, "g/L", t + delay)
             emit("leukocytes", wbc * 1000, t, "/uL", t + delay)
         else:
             emit("hematocrit", hct, t, "%", t + delay)
+            emit("hemoglobin", hb, t, "g/dL", t + delay)
             emit("albumin", alb, t, "g/dL", t + delay)
             emit("leukocytes", wbc, t, "10*9/L", t + delay)
         t += lab_ms
+    rng = random.Random(seed ^ 0x3E16)  # weights and urine: their own stream too
     t = start_ms + 2 * HOUR_MS
     bad_weighing_done = False
     while t < end:

@@ -32,7 +32,7 @@ from typing import Any
 
 from detectors.config import Thresholds
 from detectors.interventions import Intervention
-from detectors.observation import Observation, PatientContext, Rejection
+from detectors.observation import Observation, PatientContext, Rejection, format_time
 from detectors.phases import apply_context, flush, step
 from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
@@ -88,6 +88,8 @@ class Detector:
                 return
             value = ingest(event.key, event.value, msg.topic == self.names.patients,
                            msg.topic == self.names.interventions)
+            if isinstance(value, Observation):
+                value = self._not_in_the_future(value, now)
             if isinstance(value, Refused):
                 self.outputs.dead_letter(event, value.rejection, value.kind)
                 return
@@ -104,6 +106,18 @@ class Detector:
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
             self.outputs.internal_error(event, exc)
+
+    def _not_in_the_future(self, obs: Observation, now: float) -> Observation | Refused:
+        """An observation dated more than ``future_tolerance_h`` after the wall clock is
+        ``bad_time`` (a mistyped date, a skewed device clock): it never reaches the engine,
+        where it would move the patient's horizon (the engine checks the patient's own series
+        too, so the replay gives the same alerts)."""
+        ahead_ms = obs.observed_at_ms - int(now * 1000)
+        if ahead_ms <= self.th.future_tolerance_h * 3_600_000:
+            return obs
+        return Refused(Rejection("bad_time", f"observed_at {format_time(obs.observed_at_ms)} is "
+                                 f"{ahead_ms / 3_600_000:.1f} h after the worker's clock: in the "
+                                 "future"), obs.kind)
 
     def has_work(self, partition: int) -> bool:
         """Something a tick would act on: held messages, unwritten state, unacknowledged
