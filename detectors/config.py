@@ -186,10 +186,14 @@ class Thresholds:
     #: admissions, none > 138 h; readmissions median 45 days apart)
     stay_gap_h: float = 72.0
     # --- plausibility against the patient's own series ----------------------------------------
-    #: [D] a reading more than 24 h after everything else known of the patient is held back as
-    #: "in the future" (a mistyped date) until a second reading confirms the patient's time moved
-    #: on; it never moves the patient's horizon (cases/07: one SBP dated a year ahead)
-    future_tolerance_h: float = 24.0
+    #: [D] a reading more than 72 h (the stay gap) after everything else known of the patient is
+    #: held back as "in the future" (a mistyped date) until a second reading confirms the
+    #: patient's time moved on (then a new stay); it never moves the patient's horizon (cases/07:
+    #: one SBP dated a year ahead). Shorter would refuse ward labs: MIMIC-III demo admissions
+    #: have 175 gaps of 24-48 h between readings. The stream also refuses a reading more than
+    #: 24 h after the worker's clock (``stream_future_h``)
+    future_tolerance_h: float = 72.0
+    stream_future_h: float = 24.0
     #: [D] a weighing is an artefact when it differs from the median of the patient's recent
     #: weighings (and the admission weight) by more than 5 kg or 10 % (bed scale vs standing) plus
     #: 1 kg per hour between them: fluid balances of even massive resuscitation stay below

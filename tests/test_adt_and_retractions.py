@@ -55,9 +55,12 @@ def leak_course(pid: str = "p1") -> list[dict]:
     """Normal 8 h, then shock with a hemoconcentrated Hct: a leak alert."""
     rows = vitals(0, 8, 120, 85, pid=pid)
     rows += [obs("hematocrit", 40, T0 + HOUR, "%", pid), obs("albumin", 3.8, T0 + HOUR, "g/dL",
-                                                                 pid)]
+                                                                 pid),
+             obs("hemoglobin", 13.3, T0 + HOUR, "g/dL", pid)]
     rows += vitals(8, 10, 80, 58, pid=pid)
-    rows += [obs("hematocrit", 55, T0 + 9 * HOUR, "%", pid)]
+    # a CBC: the Hb of the draw confirms its Hct (detectors.criteria.hemoconcentration)
+    rows += [obs("hematocrit", 55, T0 + 9 * HOUR, "%", pid),
+             obs("hemoglobin", 18.3, T0 + 9 * HOUR, "g/dL", pid)]
     rows += vitals(10, 11, 80, 58, pid=pid)
     return rows
 
@@ -101,19 +104,19 @@ def test_a_retraction_also_leaves_the_baseline() -> None:
     for t, v in ((T0, 40.0), (T0 + 2 * HOUR, 44.0)):
         o = normalise(obs("hematocrit", v, t, "%"))
         step(st, o)
-    assert st.baseline("hematocrit") == 42.0
+    assert st.blr["hematocrit"] == [[T0, 40.0], [T0 + 2 * HOUR, 44.0]]  # baseline readings
     r = normalise({"patient_id": "p1", "kind": "hematocrit", "observed_at": T0 + 2 * HOUR,
                    "status": "entered-in-error"})
     assert step(st, r).status == "retracted"
-    assert st.baseline("hematocrit") == 40.0
+    assert st.blr["hematocrit"] == [[T0, 40.0]]
 
 
 def test_a_corrected_weighing_replaces_the_first_one() -> None:
     st = PatientState("p1")
     step(st, normalise(obs("weight", 80, T0, "kg")))
     step(st, normalise(obs("weight", 70, T0, "kg", status="corrected")))
-    assert st.wt == [[T0, 70.0]]
-    assert st.baseline("weight") == 70.0
+    assert st.wt == [[T0, 70.0, 0]]  # [t, kg, minutes after t it was known]
+    assert st.blr["weight"] == [[T0, 70.0]]
 
 
 def test_the_stream_gate_refuses_a_superscript_digit_as_bad_time() -> None:

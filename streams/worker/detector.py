@@ -108,12 +108,12 @@ class Detector:
             self.outputs.internal_error(event, exc)
 
     def _not_in_the_future(self, obs: Observation, now: float) -> Observation | Refused:
-        """An observation dated more than ``future_tolerance_h`` after the wall clock is
+        """An observation dated more than ``stream_future_h`` after the wall clock is
         ``bad_time`` (a mistyped date, a skewed device clock): it never reaches the engine,
         where it would move the patient's horizon (the engine checks the patient's own series
         too, so the replay gives the same alerts)."""
         ahead_ms = obs.observed_at_ms - int(now * 1000)
-        if ahead_ms <= self.th.future_tolerance_h * 3_600_000:
+        if ahead_ms <= self.th.stream_future_h * 3_600_000:
             return obs
         return Refused(Rejection("bad_time", f"observed_at {format_time(obs.observed_at_ms)} is "
                                  f"{ahead_ms / 3_600_000:.1f} h after the worker's clock: in the "
