@@ -6,6 +6,8 @@ time (``<`` to ``<=``, a number + 1, ``and`` to ``or``, a return value to None, 
 rule tests (``[tool.mutmut]`` in pyproject.toml) against each mutant: a mutant no test notices is
 a rule change the tests would let through. This script runs it, then prints and writes the score
 (killed / all mutants that ran) to ``bench/results/mutation.json`` with the survivors' names.
+
+    python bench/mutation.py [NAME_GLOB ...]   # e.g. "detectors.confounders*": a part only
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,17 +26,18 @@ MUTMUT = Path(sys.executable).parent / "mutmut"
 
 def main() -> int:
     started = time.monotonic()
-    run = subprocess.run([str(MUTMUT), "run", "--max-children", "2"], cwd=ROOT)
+    run = subprocess.run([str(MUTMUT), "run", "--max-children", "2", *sys.argv[1:]], cwd=ROOT)
     if run.returncode not in (0, 1):
         print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
         return 2
     listing = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=ROOT,
                              capture_output=True, text=True)
+    wanted = sys.argv[1:]
     status: Counter[str] = Counter()
     survivors = []
     for line in listing.stdout.splitlines():
         name, _, outcome = line.strip().rpartition(": ")
-        if not name:
+        if not name or (wanted and not any(fnmatch(name, w) for w in wanted)):
             continue
         status[outcome] += 1
         if outcome == "survived":
@@ -42,6 +46,7 @@ def main() -> int:
     killed = status["killed"] + status["timeout"]
     score = killed / ran if ran else 0.0
     result = {"score": round(score, 4), "killed": killed, "ran": ran, "by_outcome": dict(status),
+              "scope": wanted or ["all of [tool.mutmut] only_mutate"],
               "minutes": round((time.monotonic() - started) / 60, 1), "survivors": survivors}
     out = ROOT / "bench" / "results" / "mutation.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,7 @@ class Alert:
     bed: str | None = None
     onset_at_ms: int = 0  # when the evidence met the criteria (event time; <= raised_at)
     stay: int = 0  # event time of the stay's first reading (part of the id)
+    supersedes: str = ""  # the id of the less severe alert of the same event it escalates
 
     def to_dict(self, emitted_at: str | None = None) -> dict[str, Any]:
         """The contract's JSON object; ``emitted_at`` (wall clock) is added by the I/O edge."""
@@ -97,6 +98,8 @@ class Alert:
             d["bed"] = self.bed
         if self.stay:
             d["stay_started_at"] = format_time(self.stay)
+        if self.supersedes:
+            d["supersedes"] = self.supersedes
         if emitted_at is not None:
             d["emitted_at"] = emitted_at
         return d
@@ -130,7 +133,7 @@ def _fmt(e: Evidence) -> str:
 def make_alert(patient_id: str, episode: int, phase: str, previous_phase: str, severity: str,
                onset_at_ms: int, evidence: list[Evidence], headline: str | None = None, *,
                stay: int = 0, not_before_ms: int = 0, ward: str | None = None,
-               bed: str | None = None) -> Alert:
+               bed: str | None = None, supersedes: str = "") -> Alert:
     """Build an alert whose summary reads as one line at the bedside.
 
     ``raised_at`` is the latest of ``onset_at_ms``, ``not_before_ms`` (e.g. when a lab panel or
@@ -143,4 +146,4 @@ def make_alert(patient_id: str, episode: int, phase: str, previous_phase: str, s
         if evidence else max(onset_at_ms, not_before_ms)
     return Alert(alert_id(patient_id, episode, phase, severity, stay or None), patient_id,
                  phase, previous_phase, severity, raised, episode, summary, tuple(evidence),
-                 ward, bed, onset_at_ms, stay)
+                 ward, bed, onset_at_ms, stay, supersedes)

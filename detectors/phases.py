@@ -12,10 +12,12 @@ arrives hours late produces the alert it would have produced in order, with the 
 Alert ladder: a phase is entered at its base severity (prodromal and recovery: warning, leak:
 high); more evidence escalates it once (leak -> critical when hypoalbuminemia that means
 something completes the triad, or two supportive signs join; recovery -> high when polyuria meets
-a weight still >= 5 % over baseline: the fluid-overload warning). A leak that is critical as soon
-as it is decided is ONE critical alert with the whole triad (one page per event). Closing an
-episode (back to none) is an info alert; a leak with no supporting evidence for ``leak_quiet_h``
-closes too.
+a weight still >= 5 % over baseline: the fluid-overload warning). An escalation repeats the whole
+triad and names the alert it supersedes (``supersedes``), so that a critical decided with (or
+minutes after) the high is the one page of the event: the notifier holds a high for its
+supersede window. Both alerts are always raised: whether the albumin had arrived when the leak
+was decided depends on a stream's timing, and alert ids must not. Closing an episode (back to
+none) is an info alert; a leak with no supporting evidence for ``leak_quiet_h`` closes too.
 
 Exclusions [D] (docs/clinical-criteria.md: the triad counts "after other causes are excluded"):
 - dehydration: hypotension and hemoconcentration with weight falling >= 2 % in 48 h or albumin
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import NamedTuple
 
-from detectors.alerts import SEVERITY_RANK, Alert, Evidence, make_alert
+from detectors.alerts import SEVERITY_RANK, Alert, Evidence, alert_id, make_alert
 from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, Thresholds
 from detectors.confounders import albumin_infused_before, first_unheld, gain_explained_by_fluids
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
@@ -276,10 +278,13 @@ def _escalate(st: PatientState, severity: str, t: int, evidence: list[Evidence],
               headline: str) -> Alert:
     """A more severe alert of the current phase: never before the phase was entered, nor raised
     before the alert it escalates."""
+    previous = st.severity
     st.severity = severity
     alert = make_alert(st.patient_id, st.episode, st.phase, st.phase, severity,
                        max(t, st.phase_since), evidence, headline, stay=st.stay,
-                       not_before_ms=st.raised, ward=st.ward, bed=st.bed)
+                       not_before_ms=st.raised, ward=st.ward, bed=st.bed,
+                       supersedes=alert_id(st.patient_id, st.episode, st.phase, previous,
+                                           st.stay or None))
     st.raised = alert.raised_at_ms
     return alert
 
@@ -373,16 +378,6 @@ def _leak_alert(st: PatientState, facts: _Facts, th: Thresholds, onset: _Onset,
                 hemoconcentration.evidence(onset.hct, st.sex, th)]
     window = int(th.triad_window_h * HOUR_MS)
     wbc = supportive.leukocytosis(st.lab("leukocytes"), onset.at - window, th)
-    albumin = _escalating_albumin(st, facts, onset.at - window, th)
-    if albumin is not None and albumin.observed_at_ms <= onset.at + window:
-        # critical at once: one alert with the whole triad, not a high and then a critical
-        evidence.append(albumin)
-        if wbc is not None:
-            evidence.append(wbc)
-        alert = _transition(st, "leak", "critical", onset.at, evidence, new_episode=new_episode,
-                            headline=headline or "Leak phase (shock), triad complete "
-                                                 "(hypoalbuminemia): fluids and pressors")
-        return alert
     if wbc is not None and wbc.observed_at_ms <= onset.at:
         evidence.append(wbc)
     return _transition(st, "leak", "high", onset.at, evidence, new_episode=new_episode,

@@ -334,13 +334,17 @@ def test_a_leak_with_no_supporting_evidence_for_a_day_closes():
 
 # --- escalation ---------------------------------------------------------------------------------
 
-def test_a_leak_is_critical_at_once_when_albumin_fell_half_a_gram_one_alert_with_the_triad():
+def test_a_leak_is_critical_when_albumin_fell_half_a_gram_the_critical_repeats_the_triad():
     base = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
         lab_panel(T0 + 4 * HOUR, 40, albumin=3.8)
     alerts, _, _ = feed(by_time(base + lab_panel(T0 + 21 * HOUR, 55, albumin=3.3)))
-    assert phases(alerts) == ["leak/critical"]
-    assert [e.criterion for e in alerts[0].evidence][:3] == [
+    assert phases(alerts) == ["leak/high", "leak/critical"]
+    high, critical = alerts
+    assert [e.criterion for e in critical.evidence][:3] == [
         "hypotension", "hemoconcentration", "hypoalbuminemia"]
+    # one page per event: the critical names the high it supersedes (the notifier holds the
+    # high for its supersede window); decided together, it is raised no earlier than the high
+    assert critical.supersedes == high.alert_id and critical.raised_at_ms >= high.raised_at_ms
     alerts, _, _ = feed(by_time(base + lab_panel(T0 + 21 * HOUR, 55, albumin=3.4)))
     assert phases(alerts) == ["leak/high"]
 
@@ -351,7 +355,7 @@ def test_an_albumin_below_three_alone_no_longer_escalates_below_two_and_a_half_d
     alerts, _, _ = feed(by_time(base + lab_panel(T0 + 21 * HOUR, 55, albumin=2.6)))
     assert phases(alerts) == ["leak/high"]
     alerts, _, _ = feed(by_time(base + lab_panel(T0 + 21 * HOUR, 55, albumin=2.4)))
-    assert phases(alerts) == ["leak/critical"]
+    assert phases(alerts) == ["leak/high", "leak/critical"]
 
 
 # --- plausibility -------------------------------------------------------------------------------
@@ -424,7 +428,8 @@ def test_a_censored_albumin_is_read_as_its_bound_and_says_so():
     base = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + lab_panel(T0 + 4 * HOUR, 40)
     rows = base + lab_panel(T0 + 21 * HOUR, 55) + [obs("albumin", "<2.0", T0 + 21 * HOUR)]
     alerts, _, _ = feed(by_time(rows))
-    albumin = next(e for e in alerts[0].evidence if e.criterion == "hypoalbuminemia")
+    critical = next(a for a in alerts if a.severity == "critical")
+    albumin = next(e for e in critical.evidence if e.criterion == "hypoalbuminemia")
     assert "reported <2" in albumin.text
 
 

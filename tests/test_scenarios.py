@@ -196,11 +196,11 @@ def test_dehydration_pattern_is_excluded_by_concentrated_albumin_in_the_same_pan
              obs("hemoglobin", 18.0, draw)]
     alerts, _ = run(by_time(rows + panel))
     assert alerts == []
-    # the same shock with a leaking albumin is a leak, critical at once (one alert)
+    # the same shock with a leaking albumin is a leak, escalated at once
     panel = [obs("hematocrit", 54, draw, "%"), obs("albumin", 2.4, draw, "g/dL"),
              obs("hemoglobin", 18.0, draw)]
     alerts, _ = run(by_time(rows + panel))
-    assert phases(alerts) == ["leak/critical"]
+    assert phases(alerts) == ["leak/high", "leak/critical"]
 
 
 def test_redelivered_observations_do_not_change_the_alerts():

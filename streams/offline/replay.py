@@ -313,7 +313,8 @@ def replay_chunks(chunks: Iterable[pd.DataFrame], contexts: list[dict[str, Any]]
 # --- output -------------------------------------------------------------------------------------
 
 ALERT_CSV_COLUMNS = ("alert_id", "patient_id", "phase", "previous_phase", "severity", "raised_at",
-                     "episode", "summary", "evidence")
+                     "onset_at", "stay_started_at", "episode", "summary", "evidence", "ward",
+                     "bed")
 
 
 def write_alerts(alerts: list[Alert], path: str | Path) -> None:
