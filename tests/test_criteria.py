@@ -183,3 +183,67 @@ def test_the_example_thresholds_file_documents_the_defaults():
 
     example = Path(__file__).resolve().parent.parent / "deploy" / "thresholds.example.toml"
     assert load_thresholds(example) == DEFAULT_THRESHOLDS
+
+
+class TestConfounders:
+    """detectors.confounders, one boundary each."""
+
+    @staticmethod
+    def state(**rows):
+        from detectors.state import PatientState
+        st = PatientState("p1")
+        st.iv = {k: v for k, v in rows.items()}
+        return st
+
+    def test_red_cells_explain_three_points_a_unit_scaled_by_weight(self):
+        from detectors.confounders import hct_points_from_red_cells, red_cell_ml
+        st = self.state(rc=[[T0, T0, 300.0, None, 0], [T0 + 10 * HOUR, T0 + 10 * HOUR, 600.0,
+                                                       None, 1]])
+        assert red_cell_ml(st, T0 - 1, T0) == 300.0  # (after, until]
+        assert red_cell_ml(st, T0, T0 + 10 * HOUR) == 600.0
+        assert hct_points_from_red_cells(st, T0 - 1, T0, 70.0, TH) == pytest.approx(3.0)
+        assert hct_points_from_red_cells(st, T0 - 1, T0, 35.0, TH) == pytest.approx(6.0)
+        assert hct_points_from_red_cells(st, T0, T0 + HOUR, 70.0, TH) == 0.0
+
+    def test_albumin_infused_within_the_window_before_a_draw(self):
+        from detectors.confounders import albumin_infused_before
+        st = self.state(al=[[T0, T0, 100.0, None, 0]])
+        assert albumin_infused_before(st, T0, TH)
+        assert albumin_infused_before(st, T0 + 24 * HOUR, TH)
+        assert not albumin_infused_before(st, T0 + 24 * HOUR + 1, TH)
+        assert not albumin_infused_before(st, T0 - 1, TH)
+
+    def test_a_pressor_runs_from_its_start_until_its_end_or_an_hour(self):
+        from detectors.confounders import pressor_rate
+        st = self.state(vp=[[T0, T0 + 2 * HOUR, None, 0.2, 0], [T0 + 5 * HOUR, None, 1.0, None, 1]])
+        assert pressor_rate(st, T0, TH) == pytest.approx(0.2)
+        assert pressor_rate(st, T0 + 2 * HOUR - 1, TH) == pytest.approx(0.2)
+        assert pressor_rate(st, T0 + 2 * HOUR, TH) == 0.0
+        assert pressor_rate(st, T0 - 1, TH) == 0.0
+        assert pressor_rate(st, T0 + 5 * HOUR + 59 * MIN, TH) == 1.0  # a bolus: 1 h, rate 1
+        assert pressor_rate(st, T0 + 6 * HOUR, TH) == 0.0
+
+    def test_a_pressor_holds_the_pressure_unless_weaning_to_half_its_peak(self):
+        from detectors.confounders import first_unheld, pressure_held_by_pressor
+        st = self.state(vp=[[T0, T0 + 2 * HOUR, None, 0.2, 0],
+                            [T0 + 2 * HOUR, T0 + 9 * HOUR, None, 0.1, 1],
+                            [T0 + 9 * HOUR, T0 + 20 * HOUR, None, 0.11, 2]])
+        assert pressure_held_by_pressor(st, T0 + HOUR, TH)
+        assert not pressure_held_by_pressor(st, T0 + 3 * HOUR, TH)  # 0.1 = half of 0.2: weaning
+        assert pressure_held_by_pressor(st, T0 + 9 * HOUR, TH)  # the 0.2 peak is 7 h old
+        assert not pressure_held_by_pressor(st, T0 + 21 * HOUR, TH)  # stopped
+        assert first_unheld(st, T0, T0 + 12 * HOUR, TH) == T0 + 2 * HOUR
+        assert first_unheld(st, T0 + 9 * HOUR, T0 + 12 * HOUR, TH) is None
+        assert first_unheld(st, T0 + 9 * HOUR, T0 + 20 * HOUR, TH) == T0 + 20 * HOUR
+
+    def test_a_gain_is_explained_when_the_balance_covers_half_of_it(self):
+        from detectors.confounders import gain_explained_by_fluids
+        from detectors.state import FLUID_BUCKET_MS, add_fluid
+        st = self.state()
+        t0 = (T0 // FLUID_BUCKET_MS + 1) * FLUID_BUCKET_MS  # on the 6-hour buckets
+        assert gain_explained_by_fluids(st, t0, t0 + 24 * HOUR, 2.0, TH) is None  # no data
+        add_fluid(st, t0, t0 + 12 * HOUR, 2000.0, 0)
+        add_fluid(st, t0, t0 + 12 * HOUR, 1000.0, 1)
+        assert gain_explained_by_fluids(st, t0, t0 + 12 * HOUR, 2.0, TH) == pytest.approx(1.0)
+        assert gain_explained_by_fluids(st, t0, t0 + 12 * HOUR, 2.1, TH) is None
+        assert gain_explained_by_fluids(st, t0, t0 + 12 * HOUR, 0.0, TH) is None
