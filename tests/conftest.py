@@ -1,9 +1,20 @@
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from kafka_broker import KafkaEndpoint, kafka_endpoint
+
+# Property tests (tests/test_properties.py): `make test` runs the same examples every time
+# ("ci": derandomized, no example database), so a failure is the code's and reproducible, never
+# a draw's; a counterexample found once is pinned with @example. "explore" draws at random (new
+# examples each run, failures kept in .hypothesis/):
+#   HYPOTHESIS_PROFILE=explore .venv/bin/pytest tests/test_properties.py
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +35,6 @@ def kafka_bootstrap(kafka_broker: KafkaEndpoint) -> str:
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Audit files and other state of the processes the tests start go to a temporary state
     directory, never to the developer's ~/.local/state/clsmon."""
-    import os
-
     previous = os.environ.get("CLSMON_STATE_DIR")
     os.environ["CLSMON_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     yield

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from builders import HOUR, MIN, T0, run
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detectors.observation import Observation, Rejection, normalise, parse_time_ms
@@ -92,6 +92,8 @@ def shuffled_within_bounds(rows, seed, vital_jitter_ms=3 * MIN, lab_delay_ms=4 *
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=st.sampled_from(PROFILES), seed=st.integers(0, 10_000),
        shuffle_seed=st.integers(0, 10_000))
+# a counterexample a random run once found (a relapse, shuffled): kept in every run
+@example(profile="scls_relapse", seed=528, shuffle_seed=0)
 def test_shuffling_arrival_within_the_lateness_bounds_changes_no_alert_id(profile, seed,
                                                                           shuffle_seed):
     p = make_patient("p", profile, seed, T0, hours=120, vitals_every_min=5)
