@@ -314,7 +314,7 @@ def replay_chunks(chunks: Iterable[pd.DataFrame], contexts: list[dict[str, Any]]
 
 ALERT_CSV_COLUMNS = ("alert_id", "patient_id", "phase", "previous_phase", "severity", "raised_at",
                      "onset_at", "stay_started_at", "episode", "summary", "evidence", "ward",
-                     "bed")
+                     "bed", "supersedes")
 
 
 def write_alerts(alerts: list[Alert], path: str | Path) -> None:
