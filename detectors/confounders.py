@@ -26,6 +26,8 @@ def hct_points_from_red_cells(st: PatientState, after: int, until: int, weight_k
                               th: Thresholds) -> float:
     """Hct points that the red cells started in (after, until] explain: ~3 points per 300 mL
     unit in a 70 kg adult, scaled by 70 kg / weight ([Q] NCCN rule of thumb)."""
+    if not st.iv.get("rc"):  # hot path: asked for every Hct draw at every decision
+        return 0.0
     ml = red_cell_ml(st, after, until)
     if not ml:
         return 0.0

@@ -57,9 +57,10 @@ def baseline_before(st: PatientState, kind: str, t: int, th: Thresholds,
     cells given between it and ``t`` (``red_cell_factor``: 1 for Hct points, 1/3 for Hb)."""
     oldest = t - th.ms(th.baseline_max_age_h)
     values = []
+    transfused = red_cell_factor and st.iv.get("rc")  # hot path: most stays have no red cells
     for bt, value in st.blr.get(kind, ()):
         if oldest <= bt < t:
-            if red_cell_factor:
+            if transfused:
                 value += red_cell_factor * hct_points_from_red_cells(st, int(bt), t, weight_kg,
                                                                      th)
             values.append(value)
