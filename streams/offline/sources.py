@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,11 @@ from detectors.units import KINDS, URINE_MAX_ML_PER_H, canonical_kind, unit_key
 REQUIRED = ("patient_id", "observed_at", "kind", "value", "unit")
 OPTIONAL = ("source", "period_min", "id", "available_at", "status")
 INTERVENTION_REQUIRED = ("patient_id", "kind", "started_at")
-#: rows per chunk: ~100 MB of Arrow strings at most for a long-format file
-CHUNK_ROWS = 500_000
+#: rows per chunk: ~6 MB of CSV and ~25 MB of observations in flight for a long-format file
+#: (the replay's peak memory is set by this, not by the file; bench/chunked_replay_bench.py)
+CHUNK_ROWS = 100_000
+#: bytes pyarrow's streaming CSV reader parses at a time (one block is one record batch)
+_BLOCK_BYTES = 4 << 20
 _FIRST = np.iinfo(np.int64).min
 #: ``avail`` of a row without an available_at (epoch ms may be negative: 1800-1969 are real)
 NO_TIME = np.iinfo(np.int64).min
@@ -110,7 +113,7 @@ def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS
             names = [h.strip().strip('"') for h in header]
             _check_columns(p, names)
             reader = pacsv.open_csv(
-                p, read_options=pacsv.ReadOptions(block_size=64 << 20),
+                p, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.string()),
                     strings_can_be_null=False, quoted_strings_can_be_null=False))
@@ -132,7 +135,15 @@ def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS
 
 
 def _chunk(batches: list[pa.RecordBatch]) -> pd.DataFrame:
-    return _as_text(pa.Table.from_batches(batches).to_pandas())
+    """Arrow batches as a frame of text columns, without copying the strings (pandas' Arrow
+    string dtype; converting to Python strings first cost ~0.5 s and ~250 B per row)."""
+    table = pa.Table.from_batches(batches).combine_chunks()
+    if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in table.schema.types):
+        return table.to_pandas(types_mapper=_ARROW_TEXT.get)
+    return _as_text(table.to_pandas())
+
+
+_ARROW_TEXT = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
 
 
 # --- bulk validation ------------------------------------------------------------------------
@@ -148,11 +159,25 @@ _FAST_EPOCH = r"^-?[0-9]{1,16}$"
 _ARROW_CHUNK = 8192
 
 
-def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _text(column: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column as an Arrow string array (no copy for pandas' Arrow strings; other dtypes are
+    read as text first, as ``astype("string")`` would)."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        arr = column
+    else:
+        arr = pa.array(column, from_pandas=True)
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = pa.array(column.astype("string"), from_pandas=True)
+    return arr
+
+
+def epoch_ms(times: pd.Series | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised event time: (epoch ms as int64, ok mask), exactly as
     ``detectors.times.parse_time(..., forms=JSON_FORMS)`` reads each row."""
     n = len(times)
-    arr = pa.array(times.to_numpy(dtype=object, na_value=None), pa.string())
+    arr = _text(times)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     ms = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=bool)
     iso = pc.fill_null(pc.match_substring_regex(arr, _FAST_ISO), False).to_numpy(
@@ -186,11 +211,57 @@ def epoch_ms(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _numbers(column: pd.Series) -> np.ndarray:
-    """Floats, NaN where the text is not a number (fast path first: a clean numeric column)."""
+    """Floats, NaN where the text is not a number (fast path first: a clean numeric column
+    parsed by Arrow, whose accepted spellings Python's ``float`` accepts too)."""
+    try:
+        arr = pa.array(column, from_pandas=True)
+        return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
     try:
         return column.astype("float64").to_numpy(dtype=float, na_value=np.nan)
     except (ValueError, TypeError):
         return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def distinct(column: pd.Series | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """(code of each row, the distinct texts, ``None`` for a missing one): a column of few
+    distinct values (patient ids, kinds, units, sources) is then mapped once per value, and
+    the rows share one Python string per value instead of one each."""
+    enc = pc.dictionary_encode(_text(column), null_encoding="encode")
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
+    if isinstance(enc, pa.ChunkedArray):  # no chunk at all: an empty column
+        return np.zeros(0, dtype=np.int64), []
+    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+
+
+def texts(column: pd.Series | pa.Array | pa.ChunkedArray, missing: str = "") -> np.ndarray:
+    """Each row's text as an object array of Python strings (``missing`` for a null)."""
+    codes, values = distinct(column)
+    return np.array([missing if v is None else v for v in values] + [missing],
+                    dtype=object)[codes]
+
+
+class Validated(NamedTuple):
+    """The bulk gate's verdict on a chunk, one entry per row (``validate``)."""
+
+    patient_id: np.ndarray  # object: str, whitespace stripped
+    kind: np.ndarray  # object: canonical kind or None
+    value: np.ndarray  # float: canonical unit, NaN where refused
+    t: np.ndarray  # int64: event time, epoch ms
+    period: np.ndarray  # float: urine collection minutes, NaN when none
+    avail: np.ndarray  # int64: epoch ms the value became available; NO_TIME when none
+    status: np.ndarray  # object: a STATUSES word
+    ok: np.ndarray  # bool: the fast path accepts the row
+
+    def take(self, order: np.ndarray) -> Validated:
+        return Validated(*(a[order] for a in self))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"patient_id": self.patient_id, "kind": self.kind,
+                             "value": self.value, "t": self.t, "period": self.period,
+                             "avail": self.avail, "status": self.status})
 
 
 def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -201,21 +272,39 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     (``final`` when the file has none; a retraction or an unknown status is left to the scalar
     gate).
     """
+    v = validate_columns(df)
+    return v.frame(), v.ok
+
+
+def validate_columns(df: pd.DataFrame) -> Validated:
+    """``validate`` as arrays (what the replay loop reads; no frame is built)."""
     n = len(df)
-    kinds_raw = df["kind"].fillna("").astype("category")
-    kind = kinds_raw.map({k: canonical_kind(k) for k in kinds_raw.cat.categories}).astype(object)
+    codes, values = distinct(df["patient_id"])
+    stripped = np.array([v.strip() if isinstance(v, str) else "" for v in values] + [""],
+                        dtype=object)
+    pid = stripped[codes]
+    ok = (stripped != "")[codes]
+    codes, values = distinct(df["kind"])
+    kinds = [canonical_kind(v) if isinstance(v, str) else None for v in values]
+    kind = np.array(kinds + [None], dtype=object)[codes]
+    kind_codes = codes
     value = _numbers(df["value"])
-    ok = kind.notna().to_numpy() & np.isfinite(value)
-    units = df["unit"].fillna("").astype(str)
+    ok &= np.array([k is not None for k in kinds] + [False])[codes] & np.isfinite(value)
+    unit_codes, units = distinct(df["unit"])
     canonical = np.full(n, np.nan)
-    pairs = pd.DataFrame({"k": kind, "u": units}).groupby(["k", "u"], sort=False).indices
-    for (k, u), idx in pairs.items():
+    pairs = kind_codes.astype(np.int64) * (len(units) + 1) + unit_codes
+    for pair in np.unique(pairs):
+        k, u = kinds[pair // (len(units) + 1)], units[pair % (len(units) + 1)]
+        if k is None:
+            continue
         spec = KINDS[k]
         convert = spec.units.get(unit_key(u)) if u else spec.units.get(
             unit_key(spec.canonical_unit))
         if convert is None:
             continue
-        converted = np.asarray(convert(value[idx]), dtype=float)
+        idx = np.flatnonzero(pairs == pair)
+        given: Any = value[idx]  # the unit converters are plain arithmetic: arrays work too
+        converted = np.asarray(convert(given), dtype=float)
         in_range = (converted >= spec.low) & (converted <= spec.high)
         canonical[idx[in_range]] = converted[in_range]
     ok &= np.isfinite(canonical)
@@ -223,40 +312,50 @@ def validate(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     ok &= t_ok
     avail = np.full(n, NO_TIME, dtype=np.int64)
     if "available_at" in df.columns:
-        raw = df["available_at"].fillna("").astype(str)
-        given = (raw != "").to_numpy()
+        raw = _text(df["available_at"])
+        given = _given(raw)
         if given.any():
-            a_ms, a_ok = epoch_ms(raw[given])
             idx = np.flatnonzero(given)
+            a_ms, a_ok = epoch_ms(raw.filter(pa.array(given)))
             avail[idx] = a_ms
             ok[idx] &= a_ok & (a_ms >= t_ms[idx])
     period = np.full(n, np.nan)
     if "period_min" in df.columns:
-        raw = df["period_min"].fillna("").astype(str)
-        given = (raw != "").to_numpy()
-        period[given] = pd.to_numeric(raw[given], errors="coerce").to_numpy(dtype=float)
-        is_urine = (kind == "urine_output").to_numpy()
-        bad = given & (~np.isfinite(period) | (period <= 0) | (period > 1440))
-        rate = np.divide(canonical, period / 60.0, out=np.zeros(n), where=period > 0)
-        bad |= given & is_urine & (rate > URINE_MAX_ML_PER_H)
-        ok &= ~(bad & is_urine)
-        period[~is_urine] = np.nan
-    status = np.full(n, "final", dtype=object)
+        raw = _text(df["period_min"])
+        given = _given(raw)
+        if given.any():
+            period[given] = pd.to_numeric(pd.Series(raw.filter(pa.array(given)).to_pylist()),
+                                          errors="coerce").to_numpy(dtype=float)
+            is_urine = kind == "urine_output"
+            bad = given & (~np.isfinite(period) | (period <= 0) | (period > 1440))
+            rate = np.divide(canonical, period / 60.0, out=np.zeros(n), where=period > 0)
+            bad |= given & is_urine & (rate > URINE_MAX_ML_PER_H)
+            ok &= ~(bad & is_urine)
+            period[~is_urine] = np.nan
     if "status" in df.columns:
-        raw = df["status"].fillna("").astype(str)
-        ok &= raw.isin(("", *STATUSES)).to_numpy()
-        status = raw.where(raw != "", "final").to_numpy(dtype=object)
-    pid = df["patient_id"].fillna("").astype(str).str.strip()
-    ok &= (pid != "").to_numpy()
-    out = pd.DataFrame({"patient_id": pid, "kind": kind, "value": canonical, "t": t_ms,
-                        "period": period, "avail": avail, "status": status})
-    return out, ok
+        codes, values = distinct(df["status"])
+        words = ["final" if v is None or v == "" else v for v in values]
+        ok &= np.array([w in STATUSES for w in words] + [False])[codes]
+        status = np.array(words + ["final"], dtype=object)[codes]
+    else:
+        status = np.full(n, "final", dtype=object)
+    return Validated(pid, kind, canonical, t_ms, period, avail, status, ok)
 
 
-def arrival_ms(norm: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+def _given(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Rows with a non-empty text."""
+    mask = pc.fill_null(pc.not_equal(arr, ""), False)
+    if isinstance(mask, pa.ChunkedArray):
+        mask = mask.combine_chunks()
+    return mask.to_numpy(zero_copy_only=False)
+
+
+def arrival_ms(norm: pd.DataFrame | Validated, ok: np.ndarray) -> np.ndarray:
     """Each row's arrival time (available_at, else observed_at; rows refused: no time)."""
-    t = norm["t"].to_numpy()
-    avail = norm["avail"].to_numpy()
+    if isinstance(norm, Validated):
+        t, avail = norm.t, norm.avail
+    else:
+        t, avail = norm["t"].to_numpy(), norm["avail"].to_numpy()
     return np.where(ok, np.where(avail != NO_TIME, avail, t), _FIRST)
 
 
