@@ -52,7 +52,7 @@ INTERVENTION_REQUIRED = ("patient_id", "kind", "started_at")
 #: (the replay's peak memory is set by this, not by the file; bench/chunked_replay_bench.py)
 CHUNK_ROWS = 100_000
 #: bytes pyarrow's streaming CSV reader parses at a time (one block is one record batch)
-_BLOCK_BYTES = 4 << 20
+_BLOCK_BYTES = 1 << 20
 _FIRST = np.iinfo(np.int64).min
 #: ``avail`` of a row without an available_at (epoch ms may be negative: 1800-1969 are real)
 NO_TIME = np.iinfo(np.int64).min
@@ -173,11 +173,16 @@ def _text(column: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array | pa.Chunk
 
 def epoch_ms(times: pd.Series | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised event time: (epoch ms as int64, ok mask), exactly as
-    ``detectors.times.parse_time(..., forms=JSON_FORMS)`` reads each row."""
-    n = len(times)
-    arr = _text(times)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    ``detectors.times.parse_time(..., forms=JSON_FORMS)`` reads each row.
+
+    Each distinct text is parsed once (a vital set shares one time: ~3x fewer to parse)."""
+    codes, distinct_times = _encoded(_text(times))
+    ms, ok = _epoch_ms(distinct_times)
+    return ms[codes], ok[codes]
+
+
+def _epoch_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    n = len(arr)
     ms = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=bool)
     iso = pc.fill_null(pc.match_substring_regex(arr, _FAST_ISO), False).to_numpy(
@@ -228,12 +233,16 @@ def distinct(column: pd.Series | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray
     """(code of each row, the distinct texts, ``None`` for a missing one): a column of few
     distinct values (patient ids, kinds, units, sources) is then mapped once per value, and
     the rows share one Python string per value instead of one each."""
-    enc = pc.dictionary_encode(_text(column), null_encoding="encode")
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
-    if isinstance(enc, pa.ChunkedArray):  # no chunk at all: an empty column
-        return np.zeros(0, dtype=np.int64), []
-    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+    codes, values = _encoded(_text(column))
+    return codes, values.to_pylist()
+
+
+def _encoded(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(code of each row, the distinct values, a null among them for missing rows)."""
+    if isinstance(arr, pa.ChunkedArray):  # one dictionary for the whole column
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    enc = pc.dictionary_encode(arr, null_encoding="encode")
+    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary
 
 
 def texts(column: pd.Series | pa.Array | pa.ChunkedArray, missing: str = "") -> np.ndarray:
@@ -338,7 +347,8 @@ def validate_columns(df: pd.DataFrame) -> Validated:
         ok &= np.array([w in STATUSES for w in words] + [False])[codes]
         status = np.array(words + ["final"], dtype=object)[codes]
     else:
-        status = np.full(n, "final", dtype=object)
+        status = np.empty(n, dtype=object)
+        status.fill("final")  # 10x faster than np.full for an object array
     return Validated(pid, kind, canonical, t_ms, period, avail, status, ok)
 
 
