@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "amount, amount_unit, rate, rate_unit, ...), merged in arrival order")
     p.add_argument("--out", metavar="ALERTS", help="alerts as JSON lines (.jsonl) or CSV (.csv)")
     p.add_argument("--rejects", metavar="FILE", help="rejected rows with reasons (.jsonl/.csv)")
-    p.add_argument("--sort", action="store_true", help="sort by event time first (stable)")
+    p.add_argument("--sort", action="store_true",
+                   help="sort by event time first (stable; reads the whole file into memory)")
     p.add_argument("--quiet", action="store_true", help="no summary, no progress")
     p.add_argument("--plots", metavar="DIR", help="write a timeline PNG per alerted patient")
     _add_thresholds(p)

@@ -259,3 +259,39 @@ def test_an_hl7_dtm_in_a_file_is_refused_not_shifted(tmp_path):
     assert "HL7 DTM" in result.rejects[0]["detail"]
     assert result.canonical is not None
     assert result.canonical["t"].tolist() == [1_795_943_700_000]  # 09:15Z
+
+
+def test_a_file_read_in_many_chunks_gives_the_alerts_and_rejects_of_the_whole_file(
+        tmp_path, small_cohort):
+    """The chunked reader (tiny CSV blocks, so chunk boundaries fall everywhere, inside a vital
+    set too) replays exactly as the whole file in memory: alerts, refused rows with their file
+    row numbers and inputs, counts, patients."""
+    rows = [o for p in small_cohort for o in p.observations]
+    bad = [{"patient_id": "x", "observed_at": "2026-09-22T00:00:00Z", "kind": "sbp",
+            "value": 9999, "unit": "mmHg"},
+           {"patient_id": "x", "observed_at": "not a time", "kind": "sbp", "value": 120,
+            "unit": "mmHg"},
+           {"patient_id": " ", "observed_at": "2026-09-22T00:00:00Z", "kind": "sbp",
+            "value": 120, "unit": "mmHg"}]
+    for i, row in enumerate(bad):  # refused rows inside chunks, far apart in the file
+        rows.insert((i + 1) * len(rows) // 4, row)
+    path = tmp_path / "obs.csv"
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path, index=False)
+    ctx = tmp_path / "patients.csv"
+    pd.DataFrame([p.context() for p in small_cohort])[
+        ["patient_id", "sex", "weight_kg", "birth_year"]].to_csv(ctx, index=False)
+    contexts = rp.read_contexts(ctx)
+    whole = rp.replay_frame(rp.read_observations(path), contexts)
+    chunks = list(rp.iter_observations(path, chunk_rows=700, block_bytes=16 << 10))
+    assert len(chunks) > 20
+    parts = rp.replay_chunks(chunks, contexts)
+
+    def rejects(result):
+        return [(r["row"], r["reason"], r["detail"], r["input"]) for r in result.rejects]
+
+    assert whole.alerts and len(whole.rejects) >= 3
+    assert [(a.alert_id, a.raised_at_ms) for a in parts.alerts] == [
+        (a.alert_id, a.raised_at_ms) for a in whole.alerts]
+    assert rejects(parts) == rejects(whole)
+    assert (parts.observations, parts.accepted, parts.patients) == (
+        whole.observations, whole.accepted, whole.patients)

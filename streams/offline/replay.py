@@ -433,8 +433,6 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
     The file is read in chunks unless ``sort`` (memory bounded by the chunk, not the file).
     Returns the exit code (0). Raises ``ReplayError`` for a file that cannot be replayed.
     """
-    from streams.offline.plots import write_timelines
-
     contexts = read_contexts(patients) if patients else None
     given = read_interventions(interventions) if interventions else None
     chunks = [read_observations(observations)] if sort else iter_observations(observations)
@@ -445,7 +443,11 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
         write_alerts(result.alerts, out)
     if rejects:
         write_rejects(result.rejects, rejects)
-    written = len(write_timelines(result, plots, contexts)) if plots else 0
+    written = 0
+    if plots:  # matplotlib is imported only then (~0.5 s of every replay otherwise)
+        from streams.offline.plots import write_timelines
+
+        written = len(write_timelines(result, plots, contexts))
     if not quiet:
         for line in summary_lines(result):
             print(line)

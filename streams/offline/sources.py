@@ -51,8 +51,10 @@ INTERVENTION_REQUIRED = ("patient_id", "kind", "started_at")
 #: rows per chunk: ~6 MB of CSV and ~25 MB of observations in flight for a long-format file
 #: (the replay's peak memory is set by this, not by the file; bench/chunked_replay_bench.py)
 CHUNK_ROWS = 100_000
-#: bytes pyarrow's streaming CSV reader parses at a time (one block is one record batch)
-_BLOCK_BYTES = 1 << 20
+#: bytes pyarrow's streaming CSV reader parses at a time (one block is one record batch). Its
+#: background reader queues up to 32 blocks ahead of the consumer: with 64 MB blocks that was the
+#: whole of a 550 MB file in memory; with 1 MB blocks it is 32 MB whatever the file
+BLOCK_BYTES = 1 << 20
 _FIRST = np.iinfo(np.int64).min
 #: ``avail`` of a row without an available_at (epoch ms may be negative: 1800-1969 are real)
 NO_TIME = np.iinfo(np.int64).min
@@ -93,9 +95,10 @@ def read_observations(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS
-                      ) -> Iterator[pd.DataFrame]:
-    """The file in chunks of about ``chunk_rows`` rows, every column as text, in file order."""
+def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS,
+                      block_bytes: int = BLOCK_BYTES) -> Iterator[pd.DataFrame]:
+    """The file in chunks of about ``chunk_rows`` rows, every column as text, in file order
+    (a CSV is parsed ``block_bytes`` at a time; a chunk is whole blocks)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -113,7 +116,7 @@ def iter_observations(path: str | Path, chunk_rows: int = CHUNK_ROWS
             names = [h.strip().strip('"') for h in header]
             _check_columns(p, names)
             reader = pacsv.open_csv(
-                p, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES, use_threads=False),
+                p, read_options=pacsv.ReadOptions(block_size=block_bytes, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.string()),
                     strings_can_be_null=False, quoted_strings_can_be_null=False))
