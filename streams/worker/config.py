@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.kafka import faust_app
 from streams.kafka.connection import KafkaConnection, KafkaSecurity
 from streams.kafka.topics import TopicNames
 
@@ -70,7 +69,13 @@ class WorkerConfig:
 
 
 def faust_settings(cfg: WorkerConfig, data_dir: str) -> dict[str, Any]:
-    """The worker's Faust settings (``streams.kafka.faust_app.faust_settings`` from ``cfg``)."""
+    """The worker's Faust settings (``streams.kafka.faust_app.faust_settings`` from ``cfg``).
+
+    Faust is imported here, not at the top: ``clsmon worker`` reads its configuration and checks
+    the broker before Faust's ~0.7 s import (seconds on a loaded machine), so an unreachable
+    broker is reported within its 10 s."""
+    from streams.kafka import faust_app
+
     return faust_app.faust_settings(
         partitions=cfg.partitions, store=cfg.store, data_dir=data_dir,
         session_timeout_s=cfg.session_timeout_s,
