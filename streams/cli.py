@@ -230,8 +230,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fetch-wait-ms", type=int, default=100,
                    help="consumer fetch wait; sets latency when idle (default 100)")
     p.add_argument("--grace-ms", type=int, default=300,
-                   help="how long to wait for a silent input topic before releasing newer "
-                        "messages of the others in arrival order (default 300)")
+                   help="how much later than its timestamp a producer's record may reach "
+                        "the log; an input topic counts as silent for a message once the broker "
+                        "showed it caught up this long after the message's time (default 300)")
     p.add_argument("--flush-idle-s", type=float, default=3.0,
                    help="take a waiting lab-panel decision once the patient has been quiet "
                         "this long (default 3)")

@@ -45,17 +45,29 @@ def test_merge_releases_after_grace_when_a_source_is_silent() -> None:
     assert m.pop_ready(1_305) == ["v"]
 
 
-def test_merge_does_not_take_a_source_with_messages_in_flight_for_a_silent_one() -> None:
-    """A lab panel fetched but not yet received (held up, or dropped at a rebalance and waiting
-    for its re-read) must still come before the vitals that follow it."""
+def test_merge_never_takes_a_source_with_a_backlog_for_a_silent_one() -> None:
+    """However long labs have delivered nothing, a lab partition whose highwater is ahead of
+    what the worker received may still hold an earlier message (issue 14, item 8)."""
     m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
     m.push("v", 1_000, 0, "v", now_ms=1_005)
-    labs_on_their_way = {"l"}
-    assert m.pop_ready(5_000, lambda s: s in labs_on_their_way) == []
-    m.push("l", 900, 0, "lab", now_ms=5_001)
-    labs_on_their_way.clear()
-    assert m.pop_ready(5_002, lambda s: s in labs_on_their_way) == ["lab"]
-    assert m.pop_ready(5_301, lambda s: s in labs_on_their_way) == ["v"]  # labs quiet again
+    caught_up: dict[str, int | None] = {"p": 60_000, "l": None}  # labs: more on the broker
+    assert m.pop_ready(60_000, caught_up.get) == []
+    m.push("l", 900, 0, "lab", now_ms=60_001)
+    assert m.pop_ready(60_002, caught_up.get) == ["lab"]  # labs passed 900, not 1,000
+    caught_up["l"] = 1_299  # caught up, but too soon after the vital's time: may still come
+    assert m.pop_ready(60_003, caught_up.get) == []
+    caught_up["l"] = 1_300  # a fetch response grace_ms after it: nothing earlier can come
+    assert m.pop_ready(60_004, caught_up.get) == ["v"]
+
+
+def test_a_timestamp_ahead_of_the_arrival_is_clamped_to_it() -> None:
+    """A gateway clock a day ahead: its message is merged at its arrival, not held a day."""
+    day = 86_400_000
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    assert m.push("v", 10_000 + day, 0, "future", now_ms=10_000)
+    assert not m.push("v", 10_001, 1, "next", now_ms=10_001)
+    caught_up = {"p": 10_400, "l": 10_400}
+    assert m.pop_ready(10_400, caught_up.get) == ["future", "next"]
 
 
 def test_merge_ties_follow_source_rank() -> None:
@@ -210,7 +222,9 @@ def test_a_lab_panel_is_not_flushed_while_its_partition_holds_messages(
                       "observed_at": "2026-11-25T04:00:00Z"}).encode()
     for vital_held in (True, False):
         det, *_ = _detector()
-        det.in_flight = lambda topic, partition: topic == "u.labs"  # labs fetched, not here
+        # labs fetched but not received yet; the other topics are caught up
+        det.caught_up = lambda topic, partition: None if topic == "u.labs" else int(
+            (t0 + 100) * 1000)
         det.on_event(_Event(_Msg("u.labs", offset=0, timestamp=t0), b"bed1", lab), now=t0 + 1)
         assert det._pending.get(0) == {"bed1"}  # the hematocrit waits for the rest of its panel
         if vital_held:

@@ -58,6 +58,19 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    and "crashed", in tasks and ``asyncio.wait``s on them: about a third of a worker's time at
    full speed (py-spy). A delivery almost never blocks, so we run it inline first; only when it
    does block is it continued as a task under Faust's own ``wait_first``, unchanged.
+
+6. **Undecodable batches** and 7. **offsets without a record** (transaction markers) are
+   corrected below Faust, in aiokafka's record parsing: ``streams.kafka.records``. Here the
+   delivery in offset order (3.) steps over the offsets known to hold no record instead of
+   reading them again, the commit rule (4.) commits past them, and the stall guard does not
+   wait for them; an undecodable batch reaches the agent as one message without key and value
+   (``undecodable_batch`` gives its extent and error).
+
+8. **Is a partition caught up?** The ordering merge (``streams.worker.ordering``) may take a
+   source for silent only when the broker says so: ``_ConsumerThread.caught_up_at`` is the time
+   of the last fetch response whose highwater the fetch position had reached, once the agent
+   has received the last record handed to Faust. A quiet spell of the agent is no evidence:
+   under a backlog it happens between two fetches (issue 14, item 8).
 """
 
 from __future__ import annotations
@@ -74,6 +87,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 from prometheus_client import CollectorRegistry, Counter
 
+from streams.kafka import records
+from streams.kafka.records import NO_RECORDS, UndecodableBatch
+
 log = logging.getLogger(__name__)
 _CONSUMER_FETCHING = "FETCHING"  # faust.transport.consumer.CONSUMER_FETCHING
 
@@ -86,6 +102,51 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     #: where the last seek put each stream partition: the first offset to deliver, and the
     #: commit floor before the first commit (read by ``_Consumer``)
     sought: Mapping[Any, int] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: per stream partition, the offset of the last record handed to Faust since the
+        #: partition's last seek (8. in the module doc)
+        self.last_handed: dict[Any, int] = {}
+        super().__init__(*args, **kwargs)
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any,
+                             timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                               max_records=max_records)
+        last = self.last_handed
+        for tp, batch in records.items():
+            if batch:
+                last[tp] = batch[-1].offset
+        return records
+
+    def caught_up_at(self, tp: Any, received_next: int | None) -> int | None:
+        """Wall clock (ms) of the last fetch response that showed ``tp`` holding nothing
+        beyond what the agent has received (``received_next``: the offset after the last one
+        it got); None while there is more, in aiokafka or on the broker, or when unknown.
+
+        Read without a round trip to the consumer's thread (attributes of aiokafka's
+        subscription state and of this object), because the ordering merge asks on its hot
+        path. "Nothing beyond": the fetch position has reached the highwater the broker
+        reported in that response, and the agent has the last record handed to Faust since
+        the partition's last seek (offsets in between hold no record: markers, 7.).
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except (AttributeError, KeyError, TypeError):  # not assigned (any more)
+            return None
+        if state is None:
+            return None
+        highwater, position, at = state.highwater, state._position, state.timestamp
+        if highwater is None or position is None or at is None or position < highwater:
+            return None
+        last = self.last_handed.get(tp)
+        if last is not None and (received_next is None or received_next <= last):
+            return None
+        return int(at)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -117,6 +178,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         changelogs = self.app.tables.changelog_topics
         committed: dict[Any, int] = {}
         uncommitted = []
+        self.last_handed.clear()  # records handed before the seek are read again
         for tp in consumer.assignment():
             offset = await consumer.committed(tp)
             committed[tp] = offset
@@ -178,6 +240,8 @@ class _Consumer(faust_aiokafka.Consumer):
         self._dropped_while_seeking: set[Any] = set()
         #: per partition, the last hole read again: (expected, got); the same one twice is real
         self._retried: dict[Any, tuple[int, int]] = {}
+        #: undecodable batches delivered as one message each, until the agent takes them
+        self._undecodable: dict[tuple[str, int, int], UndecodableBatch] = {}
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -223,32 +287,50 @@ class _Consumer(faust_aiokafka.Consumer):
         dropped.clear()
 
     def _new_offset(self, tp: Any) -> int | None:
-        """The offset to commit for ``tp``: one past the run of acknowledged offsets that
-        begins at the first unacknowledged one, or None while that one is not acknowledged."""
-        acked = self._acked[tp]
-        if not acked:
-            return None
+        """The offset to commit for ``tp``: past the run of acknowledged offsets and offsets
+        without a record (7. in ``streams.kafka.records``) that begins at the first
+        unacknowledged one; None while that one is not acknowledged."""
         committed = self._committed_offset[tp]
         # before the first commit: where the last seek began reading (4. in the module doc)
         head = committed if committed is not None else self._our_thread.sought.get(tp)
         if head is None:
             return None  # never sought (not a stream partition of ours): commit nothing
+        acked = self._acked[tp]
         acked.sort()
+        index = self._acked_index[tp]
         while acked and acked[0] < head:  # acknowledged again after a re-read: done already
-            self._acked_index[tp].discard(acked.pop(0))
-        if not acked or acked[0] != head:
+            index.discard(acked.pop(0))
+        spans = NO_RECORDS.spans_of(tp)
+        offset, taken = NO_RECORDS.skip(tp, head) if spans else head, 0
+        while taken < len(acked) and acked[taken] == offset:
+            offset += 1
+            taken += 1
+            if spans and offset in spans:
+                offset = NO_RECORDS.skip(tp, offset)
+        if offset == head:
             return None
-        end = 0
-        while end + 1 < len(acked) and acked[end + 1] == acked[end] + 1:
-            end += 1
-        batch = acked[:end + 1]
-        del acked[:end + 1]
-        self._acked_index[tp].difference_update(batch)
-        return batch[-1] + 1
+        index.difference_update(acked[:taken])
+        del acked[:taken]
+        if spans:
+            NO_RECORDS.forget_below(tp, offset)
+        return offset
 
     async def seek(self, partition: Any, offset: int) -> None:
         await super().seek(partition, offset)
         self._expect[partition] = offset
+        self._our_thread.last_handed.pop(partition, None)
+
+    def _to_message(self, tp: Any, record: Any) -> Any:
+        message = super()._to_message(tp, record)
+        if record.__class__ is UndecodableBatch:  # 6. in streams.kafka.records
+            self._undecodable[(tp.topic, tp.partition, record.offset)] = record
+        return message
+
+    def undecodable_batch(self, topic: str, partition: int,
+                          offset: int) -> UndecodableBatch | None:
+        """The undecodable batch the message at this place stands for (6. in
+        ``streams.kafka.records``), once; None for a message that was a record."""
+        return self._undecodable.pop((topic, partition, offset), None)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's loop that hands fetched messages to the streams, with one change: a stream
@@ -302,7 +384,9 @@ class _Consumer(faust_aiokafka.Consumer):
                             if wanted is not None and offset != wanted:
                                 if offset < wanted:
                                     continue  # delivered already (a re-read overlaps it)
-                                if retried.get(tp) != (wanted, offset):
+                                if NO_RECORDS.skip(tp, wanted) >= offset:
+                                    pass  # markers or an undecodable batch's rest (7.)
+                                elif retried.get(tp) != (wanted, offset):
                                     retried[tp] = (wanted, offset)
                                     self.holes += 1
                                     log.info("%s[%s]: got offset %s, expected %s; reading "
@@ -311,10 +395,12 @@ class _Consumer(faust_aiokafka.Consumer):
                                     rewinding.add(tp)
                                     await self.seek(tp, wanted)
                                     continue
-                                # read again, same hole: the log has no such offsets (e.g. the
-                                # markers of a transactional producer, or a compacted topic)
-                                log.info("%s[%s]: offsets %s..%s do not exist; going on",
-                                         tp.topic, tp.partition, wanted, offset - 1)
+                                else:
+                                    # read again, same hole: the log has no such offsets; the
+                                    # commit steps over them (7. in streams.kafka.records)
+                                    log.info("%s[%s]: offsets %s..%s do not exist; going on",
+                                             tp.topic, tp.partition, wanted, offset - 1)
+                                    NO_RECORDS.add(tp, wanted, offset)
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
@@ -365,7 +451,9 @@ class _Transport(faust_aiokafka.Transport):
 
 
 def install(app: faust.App, fetch_wait_ms: int | None = None) -> None:
-    """Use the corrected consumer in ``app``; call before the app starts."""
+    """Use the corrected consumer in ``app`` (and aiokafka's record parsing corrected by
+    ``streams.kafka.records``); call before the app starts."""
+    records.install()
     _ConsumerThread.fetch_max_wait_ms = (FAUST_FETCH_WAIT_MS if fetch_wait_ms is None
                                          else fetch_wait_ms)
     app.transport = _Transport(app.conf.broker_consumer, app)
@@ -387,20 +475,16 @@ class StallGuard:
     its way), and that has not changed for ``after_s`` seconds. Re-reading is safe
     (at-least-once, idempotent downstream); a false alarm costs one redelivery.
 
-    A re-read comes ``after_s`` late, so the ordering merge must not take the quiet of such a
-    partition for silence: ``in_flight`` tells it which partitions have fetched messages the
-    agent has not received, for at most ``hold_s`` while no progress is made (a gap that never
-    fills must not stop the merge for good; after that the merge's grace rule applies again).
+    A re-read comes ``after_s`` late; meanwhile the ordering merge does not take such a
+    partition for a quiet one (``_ConsumerThread.caught_up_at``: the agent has not received
+    what was fetched). Offsets that hold no record (markers, 7.) are never waited for.
     """
 
     def __init__(self, topics: set[str], after_s: float = 5.0) -> None:
         self.topics = topics
         self.after_s = after_s
-        #: the guard's check period (1 s) + ``after_s`` + the re-read's own fetch, with margin
-        self.hold_s = 3 * after_s + 2.0
         self._next: dict[Any, int] = {}  # tp -> next offset the agent expects
         self._since: dict[Any, tuple[int, int, float]] = {}  # tp -> (next, position, first seen)
-        self._held: dict[Any, tuple[int, float]] = {}  # tp -> (next expected, held since)
         self._stuck: dict[Any, tuple[int, float]] = {}  # tp -> (commit, first seen stuck)
         self._seeking_since = 0.0
 
@@ -408,29 +492,15 @@ class StallGuard:
         """The agent received this message (hot path: one dict write)."""
         self._next[tp] = offset + 1
 
+    def received_next(self, tp: Any) -> int | None:
+        """The offset after the last one the agent received, None when it got nothing yet."""
+        return self._next.get(tp)
+
     def reset(self) -> None:
         """Partitions moved: Faust seeks them itself."""
         self._next.clear()
         self._since.clear()
-        self._held.clear()
         self._stuck.clear()
-
-    def in_flight(self, tp: Any, position: int | None, committed: int | None,
-                  now: float) -> bool:
-        """Has ``tp`` been fetched past what the agent received (``position``: the consumer's
-        fetch position; ``committed``: where the agent started when it has received nothing)?
-        True for at most ``hold_s`` without progress."""
-        expected = self._next.get(tp)
-        if expected is None:
-            expected = max(committed or 0, 0)
-        if position is None or position <= expected:
-            self._held.pop(tp, None)
-            return False
-        held = self._held.get(tp)
-        if held is None or held[0] != expected:
-            self._held[tp] = (expected, now)
-            return True
-        return now - held[1] < self.hold_s
 
     def overdue(self, positions: Mapping[Any, int | None], committed: Mapping[Any, int | None],
                 buffer_empty: bool, now: float,
@@ -448,6 +518,10 @@ class StallGuard:
             if expected is None:
                 expected = max(committed.get(tp) or 0, 0)
             done = committed.get(tp)
+            if done is not None:
+                done = NO_RECORDS.skip(tp, done)
+                expected = max(expected, done)  # committed past it: markers (7.), all done
+            expected = NO_RECORDS.skip(tp, expected)  # markers are never received (7.)
             if (idle is not None and buffer_empty and done is not None and expected > done
                     and idle(tp)):
                 stuck = self._stuck.get(tp)
@@ -530,19 +604,31 @@ def on_revoked(app: faust.App, receiver: Callable[..., Awaitable[None]]) -> None
     app.on_partitions_revoked.connect(cast(Any, receiver))
 
 
-def in_flight_probe(app: faust.App, guard: StallGuard) -> Any:
-    """``probe(topic, partition) -> bool``: the guard's ``in_flight`` with this app's live fetch
-    position and committed offset; never raises (unknown means "not in flight")."""
+def caught_up_probe(app: faust.App, guard: StallGuard) -> Any:
+    """``probe(topic, partition) -> int | None``: ``_ConsumerThread.caught_up_at`` for this
+    app's consumer and what its agent received (``guard``); never raises (unknown: None)."""
     from faust.types import TP
 
-    def probe(topic: str, partition: int) -> bool:
+    def probe(topic: str, partition: int) -> int | None:
         try:
             tp = TP(topic, partition)
             app_consumer: Any = app.consumer
-            return guard.in_flight(tp, app_consumer._thread.fetch_position(tp),
-                                   app_consumer._committed_offset.get(tp), time.monotonic())
-        except Exception:  # noqa: BLE001 - e.g. no consumer yet: fall back to the grace rule
-            return False
+            thread: _ConsumerThread = app_consumer._thread
+            return thread.caught_up_at(tp, guard.received_next(tp))
+        except Exception:  # noqa: BLE001 - e.g. no consumer yet: not known to be caught up
+            return None
+
+    return probe
+
+
+def undecodable_probe(app: faust.App) -> Callable[[str, int, int], UndecodableBatch | None]:
+    """``probe(topic, partition, offset)``: the undecodable batch a delivered message stands
+    for (6. in ``streams.kafka.records``), taken once; None for a real record."""
+
+    def probe(topic: str, partition: int, offset: int) -> UndecodableBatch | None:
+        app_consumer: Any = app.consumer
+        return cast(UndecodableBatch | None,
+                    app_consumer.undecodable_batch(topic, partition, offset))
 
     return probe
 

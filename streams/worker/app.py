@@ -64,7 +64,8 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
 
     guard = consumer.watch(app, {*names.inputs, names.ticks}, "detect", cfg.stall_after_s,
                            metrics.rereads, idle=lambda tp: not detector.has_work(tp.partition))
-    detector.in_flight = consumer.in_flight_probe(app, guard)
+    detector.caught_up = consumer.caught_up_probe(app, guard)
+    detector.undecodable = consumer.undecodable_probe(app)
 
     @app.agent(inputs, name="detect")
     async def detect(stream: Any) -> None:

@@ -30,7 +30,7 @@ class WorkerConfig:
     store: str = "memory://"
     #: Faust hard-codes a 1.5 s fetch wait, which sets end-to-end latency
     fetch_wait_ms: int = 100
-    #: how long the ordering buffer waits for a silent source (see streams.worker.ordering)
+    #: how much later than its timestamp a record may reach the log (streams.worker.ordering)
     grace_ms: int = 300
     tick_s: float = 0.25  # every tick is a broker record: see tick() in streams.worker.app
     lag_interval_s: float = 5.0

@@ -70,9 +70,13 @@ class Detector:
         self.beds = SilentBeds()
         self._bed_wards: set[str] = set()
         self._beds_counted = 0.0
-        #: ``(topic, partition) -> bool``: messages fetched but not yet received (the ordering
-        #: merge must wait for them); set by ``streams.worker.app.build`` from the stall guard
-        self.in_flight: Callable[[str, int], bool] | None = None
+        #: ``(topic, partition) -> ms | None``: when the consumer last saw that partition hold
+        #: nothing this worker has not received (``streams.worker.ordering``); set by
+        #: ``streams.worker.app.build`` from the consumer
+        self.caught_up: Callable[[str, int], int | None] | None = None
+        #: ``(topic, partition, offset) -> UndecodableBatch | None``: the record batch a
+        #: message without key and value stands for (``streams.kafka.records``)
+        self.undecodable: Callable[[str, int, int], Any] | None = None
         self._buffered = -1  # the last value of clsmon_ordering_buffer_messages
         self._counters: dict[tuple[str, str], Any] = {}
 
@@ -85,6 +89,8 @@ class Detector:
             if msg.topic == self.names.ticks:
                 self.on_tick(msg.partition, now)
                 event.ack()
+                return
+            if event.value is None and self._undecodable(event):
                 return
             value = ingest(event.key, event.value, msg.topic == self.names.patients,
                            msg.topic == self.names.interventions)
@@ -101,7 +107,8 @@ class Detector:
                     return
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(msg.partition, now)
-            merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item, int(now * 1000))
+            if merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item, int(now * 1000)):
+                self.metrics.future_timestamps.labels(msg.topic).inc()
             self._release(msg.partition, now)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
@@ -118,6 +125,17 @@ class Detector:
         return Refused(Rejection("bad_time", f"observed_at {format_time(obs.observed_at_ms)} is "
                                  f"{ahead_ms / 3_600_000:.1f} h after the worker's clock: in the "
                                  "future"), obs.kind)
+
+    def _undecodable(self, event: Any) -> bool:
+        """Dead-letter the message if it stands for a batch the consumer could not decode."""
+        msg = event.message
+        batch = None if self.undecodable is None else \
+            self.undecodable(msg.topic, msg.partition, msg.offset)
+        if batch is None:
+            return False
+        self.outputs.dead_letter(event, Rejection("undecodable_batch", batch.reason()),
+                                 "unknown")
+        return True
 
     def has_work(self, partition: int) -> bool:
         """Something a tick would act on: held messages, unwritten state, unacknowledged
@@ -196,7 +214,7 @@ class Detector:
         merge = self._merges.get(partition)
         if merge is None:
             return
-        probe = self.in_flight
+        probe = self.caught_up
         items = merge.pop_ready(int(now * 1000), None if probe is None
                                 else lambda source: probe(source, partition))
         if not items:

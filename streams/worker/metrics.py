@@ -48,6 +48,11 @@ class Metrics:
         self.buffered = Gauge(
             "clsmon_ordering_buffer_messages",
             "Messages waiting in the arrival-order merge", registry=r)
+        self.future_timestamps = Counter(
+            "clsmon_future_timestamps",
+            "Input messages whose producer timestamp was ahead of their arrival at the worker "
+            "(a skewed producer clock); merged at their arrival time instead", ["topic"],
+            registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
         self.rereads = consumer.rereads_counter(r)

@@ -2,27 +2,38 @@
 
 The detectors decide at each observation with the evidence seen so far, so the ORDER in which a
 patient's vitals and labs are processed changes decisions (a lab panel processed after instead of
-before a weighing can turn a prodrome alert on or off). Kafka keeps order within a partition of one
-topic, but a consumer reading ``vitals`` and ``labs`` interleaves the two arbitrarily (fetch sizes,
-backlog, rebalances). The offline replay processes rows in arrival order; to give the same alerts
-the worker must too.
+before a weighing can turn a prodrome alert on or off; a lab processed hours of event time ahead
+of the vitals before it makes those vitals "late" for the blood-pressure rules). Kafka keeps order
+within a partition of one topic, but a consumer reading ``vitals`` and ``labs`` interleaves the two
+arbitrarily (fetch sizes, backlog, rebalances). The offline replay processes rows in arrival
+order; to give the same alerts the worker must too.
 
 Arrival order across topics is the producers' message timestamp (Kafka ``CreateTime``). A
 ``PartitionMerge`` buffers the messages of one partition number from every co-partitioned source
 topic and releases them in ``(timestamp, source rank, offset)`` order once no source can still
-deliver an earlier one: a source has either delivered a message at or after that timestamp, or has
-been silent for ``grace_ms`` while the message is at least ``grace_ms`` old (a bounded-lateness
-watermark; a quiet lab feed must not hold the vitals back for ever). Backlog (a restart, a late
-start) is merged exactly; live traffic is delayed by up to ``grace_ms``.
+deliver an earlier one. A source cannot when it has delivered a message at or after that
+timestamp, or when it is **caught up**: a fetch response the consumer received at least
+``grace_ms`` after the message's timestamp showed that the source's partition held nothing the
+worker has not received (``caught_up(source)``, from ``streams.kafka.consumer``). ``grace_ms``
+is the bound on how much later than its timestamp a producer's record may be appended to the log.
 
-Quiet is not the same as silent: a source whose messages this worker has already fetched but not
-yet received (held up inside the consumer, or dropped by Faust at a rebalance and waiting for a
-re-read, see ``streams.kafka.consumer.StallGuard``) has more to say. The caller tells ``pop_ready``
-which sources are in that state (``in_flight``), and those never count as silent: without this a
-lab panel re-read a few seconds late was folded in after the vitals that followed it, hours
-later in event time on a backlog, and changed an alert (issue 7).
+Why the broker's word and not a quiet spell (issue 14, item 8): this merge used to take a source
+that had delivered nothing for ``grace_ms`` of wall clock for a silent one. Under a backlog a busy
+topic goes quiet too, between two fetches or while the machine is loaded, and a burst of ~30k
+observations into a running worker then had labs released ahead of the vitals before them: 0 to
+2,438 vitals counted ``late`` and 4 to 11 of the replay's alerts, a different number each run.
+A partition whose highwater is ahead of what the worker received is never silent, however long
+the pause: under a backlog (and after a restart with one) the merge is exact, whatever the
+timing, for any feed whose order within each topic is the arrival order.
 
-Pure: no Kafka, no clock reads (callers pass ``now_ms``), so it is tested without a broker.
+A producer timestamp ahead of the message's arrival at this worker (a gateway with a skewed
+clock) is **clamped** to its arrival time (``push`` says so; the worker counts it): a message
+dated a day ahead would otherwise be held, with everything behind it in the commit, until the
+wall clock reached it.
+
+Pure: no Kafka, no clock reads (callers pass ``now_ms`` and the probe), so it is tested without a
+broker. Without a probe (tests of the detector alone) a source counts as caught up once it has
+delivered nothing for ``grace_ms``, the old rule.
 """
 
 from __future__ import annotations
@@ -35,13 +46,16 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 _NEVER = -(2**62)
 
+#: ``caught_up(source) -> ms or None``: when the source was last seen to hold nothing more
+CaughtUp = Callable[[str], "int | None"]
+
 
 class PartitionMerge(Generic[T]):
     """Merge the co-partitioned sources of one partition number into timestamp order.
 
     Args:
         sources: the source topics; their order is the tie-break rank for equal timestamps.
-        grace_ms: how long a silent source may still deliver something older (wall clock).
+        grace_ms: how much later than its timestamp a record may reach the log (ms).
         now_ms: wall clock at creation (a source never heard from counts as silent since then).
     """
 
@@ -56,23 +70,28 @@ class PartitionMerge(Generic[T]):
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> None:
-        """Buffer one message of ``source`` (its producer timestamp and offset)."""
-        rank = self._rank[source]
-        heapq.heappush(self._heap, (ts_ms, rank, offset, next(self._seq), item))
+    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> bool:
+        """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
+        at ``now_ms``. Returns True when its timestamp was in the future and was clamped."""
+        clamped = ts_ms > now_ms
+        if clamped:
+            ts_ms = now_ms
+        heapq.heappush(self._heap, (ts_ms, self._rank[source], offset, next(self._seq), item))
         if ts_ms > self._last_ts[source]:
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
+        return clamped
 
-    def pop_ready(self, now_ms: int, in_flight: Callable[[str], bool] | None = None) -> list[T]:
+    def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
 
-        ``in_flight(source)`` says whether messages of ``source`` are on their way to this worker;
-        it is asked only when a release depends on that source being silent.
+        ``caught_up(source)`` is asked only when a release depends on that source.
         """
         out: list[T] = []
         heap = self._heap
-        while heap and self._may_release(heap[0][0], heap[0][1], now_ms, in_flight):
+        if caught_up is None:
+            caught_up = self._quiet_since(now_ms)
+        while heap and self._may_release(heap[0][0], heap[0][1], caught_up):
             out.append(heapq.heappop(heap)[4])
         return out
 
@@ -82,17 +101,24 @@ class PartitionMerge(Generic[T]):
         self._heap.clear()
         return out
 
-    def _may_release(self, ts: int, rank: int, now_ms: int,
-                     in_flight: Callable[[str], bool] | None) -> bool:
-        old_enough = now_ms - ts >= self._grace
+    def _may_release(self, ts: int, rank: int, caught_up: CaughtUp) -> bool:
         for source, source_rank in self._rank.items():
             last = self._last_ts[source]
             # a source ranked before this message must have moved strictly past its timestamp
             # (an equal timestamp from it would sort first); one ranked after, at least to it
             if last > ts or (last == ts and source_rank >= rank):
                 continue
-            if (old_enough and now_ms - self._last_seen[source] >= self._grace
-                    and (in_flight is None or not in_flight(source))):
+            at = caught_up(source)
+            if at is not None and at >= ts + self._grace:
                 continue
             return False
         return True
+
+    def _quiet_since(self, now_ms: int) -> CaughtUp:
+        """The rule without a consumer to ask: quiet for ``grace_ms`` counts as caught up."""
+        grace, last_seen = self._grace, self._last_seen
+
+        def probe(source: str) -> int | None:
+            return now_ms if now_ms - last_seen[source] >= grace else None
+
+        return probe
