@@ -701,7 +701,8 @@ _USER_ERRORS = {"streams.offline.replay": "ReplayError",
                 "streams.notify.routing": "RoutingError",
                 "streams.board.cli": "BoardError",
                 "streams.demo": "DemoError",
-                "streams.interfaces.codes": "InterfaceError"}
+                "streams.interfaces.codes": "InterfaceError",
+                "streams.kafka.topics": "TopicLayoutError"}
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:

@@ -102,6 +102,7 @@ class _Msg:
     partition: int = 0
     offset: int = 0
     timestamp: float = 1_800_000_000.0
+    headers: Any = None
 
 
 @dataclass
@@ -119,9 +120,11 @@ class _Event:
 @dataclass
 class _Topic:
     sent: list[tuple[Any, Any]] = field(default_factory=list)
+    options: list[dict[str, Any]] = field(default_factory=list)
 
     def send_soon(self, key: Any = None, value: Any = None, **kw: Any) -> None:
         self.sent.append((key, value))
+        self.options.append(kw)
 
 
 @dataclass
@@ -135,7 +138,7 @@ class _Table:
 
 def _detector() -> tuple[Detector, Metrics, _Table, _Topic, _Topic]:
     metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
-    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0)
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
     return _new_detector(cfg, metrics, table, alerts, dead), metrics, table, alerts, dead
 
 
@@ -195,7 +198,7 @@ def test_simulate_needs_exactly_one_of_to_and_broker(capsys: pytest.CaptureFixtu
 
 def test_the_ordering_buffer_gauge_follows_the_buffer_through_a_revoke() -> None:
     metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
-    cfg = WorkerConfig(topic_prefix="u.", grace_ms=60_000)  # labs/patients may still deliver
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=60_000, partitions=1)  # labs may still come
     det = _new_detector(cfg, metrics, table, alerts, dead)
     det.on_event(_Event(_Msg("u.vitals", offset=1), b"bed1", _obs()), now=1_800_000_001.0)
     gauge = metrics.registry.get_sample_value
@@ -244,3 +247,29 @@ def test_the_final_counts_line_carries_every_counter_with_its_labels() -> None:
     assert counts['clsmon_observations_total{kind="sbp",outcome="accepted"}'] == 3
     assert counts['clsmon_dead_letters_total{reason="malformed_json"}'] == 1
     assert not any("latency" in name or "buffer" in name for name in counts)  # counters only
+
+
+def test_a_record_on_another_partition_than_its_key_hashes_to_is_forwarded_there() -> None:
+    """A librdkafka producer (CRC32 partitioner) put bed1's vital on a partition that is not
+    murmur2(bed1) % 3: it goes, byte for byte with its timestamp, to the right one, so one
+    worker holds all of the patient; counted, acknowledged, not processed here."""
+    from streams.kafka.topics import HomePartitions
+
+    metrics, table, alerts, dead, vitals = Metrics(), _Table(), _Topic(), _Topic(), _Topic()
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=3)
+    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                   Outputs(alerts, dead, metrics, input_topics={"u.vitals": vitals}))
+    home = HomePartitions(3).of(b"bed1")
+    stray = _Event(_Msg("u.vitals", partition=(home + 1) % 3, offset=4, timestamp=1_800_000_000.5),
+                   b"bed1", _obs())
+    det.on_event(stray, now=1_800_000_001.0)
+    assert stray.acked and vitals.sent == [(b"bed1", _obs())]
+    assert vitals.options[0]["partition"] == home
+    assert vitals.options[0]["timestamp"] == 1_800_000_000.5
+    sample = metrics.registry.get_sample_value
+    assert sample("clsmon_forwarded_total", {"topic": "u.vitals"}) == 1
+    assert sample("clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) is None
+    det.on_event(_Event(_Msg("u.vitals", partition=home, offset=9), b"bed1", _obs()),
+                 now=1_800_000_002.0)
+    assert len(vitals.sent) == 1 and len(det._merges[home]) + sample(
+        "clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 1

@@ -98,3 +98,17 @@ def create_topics(
     if failures:
         raise BrokerError("cannot create topics: " + "; ".join(failures))
     return created
+
+
+def partition_counts(target: Connectable, names: Iterable[str],
+                     timeout_s: float = 10.0) -> dict[str, int]:
+    """How many partitions each existing topic among ``names`` has (missing ones left out).
+
+    ``target``: a ``KafkaConnection``, or ``host:port`` of any broker (plaintext)."""
+    admin = connect(target).admin(request_timeout_ms=int(timeout_s * 1000))
+    try:
+        described = admin.describe_topics(list(names))
+    finally:
+        admin.close()
+    return {t["name"]: len(t["partitions"]) for t in described
+            if t.get("error_code", _NO_ERROR) == _NO_ERROR and t.get("partitions")}

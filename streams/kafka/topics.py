@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.kafka.admin import create_topics
+from streams.kafka.admin import create_topics, partition_counts
 from streams.kafka.connection import Connectable, parse_servers
 
 DEFAULT_PREFIX = "clsmon."
@@ -100,6 +100,52 @@ def ensure_topics(target: Connectable, names: TopicNames, partitions: int,
     ``target``: a ``KafkaConnection`` or a plaintext ``host:port``."""
     return create_topics(target, names.all(), partitions=partitions,
                          replication_factor=replication_factor, configs=names.configs())
+
+
+class HomePartitions:
+    """The partition Kafka's default partitioner gives a key: ``murmur2(key) % partitions``, as
+    the Java client and kafka-python compute it (librdkafka's default, ``consistent_random``,
+    is CRC32-based and gives others). Memoised per key (a ward has few patients; the memo is
+    dropped when it grows past ``max_keys``)."""
+
+    def __init__(self, partitions: int, max_keys: int = 100_000) -> None:
+        from kafka.partitioner.default import murmur2
+
+        self._murmur2 = murmur2
+        self.partitions = partitions
+        self._max_keys = max_keys
+        self._memo: dict[bytes, int] = {}
+
+    def of(self, key: bytes) -> int:
+        home = self._memo.get(key)
+        if home is None:
+            if len(self._memo) >= self._max_keys:
+                self._memo.clear()
+            home = self._memo[key] = (self._murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return home
+
+
+class TopicLayoutError(ValueError):
+    """The topics on the broker are not laid out as the contract says (a user's fix)."""
+
+
+def check_co_partitioned(target: Connectable, names: TopicNames, partitions: int) -> None:
+    """Refuse input topics with different partition counts, or a count that is not
+    ``partitions`` (the worker's tables and ticks use it).
+
+    Raises:
+        TopicLayoutError: one line naming the topics and their counts.
+    """
+    counts = partition_counts(target, names.inputs)
+    if set(counts.values()) <= {partitions}:
+        return
+    listed = ", ".join(f"{topic} {n}" for topic, n in sorted(counts.items()))
+    if len(set(counts.values())) > 1:
+        raise TopicLayoutError(
+            f"input topics are not co-partitioned ({listed} partitions): one patient's "
+            "inputs would reach different workers; give them all the same count")
+    raise TopicLayoutError(f"input topics have {next(iter(counts.values()))} partitions "
+                           f"({listed}) but --partitions is {partitions}; set it to match")
 
 
 def bootstrap_of(broker_url: str) -> str:

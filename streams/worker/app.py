@@ -24,7 +24,7 @@ import faust
 
 from detectors.config import load_thresholds
 from streams.kafka import consumer, faust_app
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import check_co_partitioned, ensure_topics
 from streams.worker.config import TABLE_NAME, WorkerConfig, faust_settings
 from streams.worker.detector import Detector
 from streams.worker.metrics import Metrics
@@ -57,7 +57,8 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     ticks_topic = app.topic(names.ticks, **raw)
     table = faust_app.raw_table(app, TABLE_NAME, cfg.partitions)
     outputs = Outputs(app.topic(names.alerts, **raw), app.topic(names.dead_letters, **raw),
-                      metrics, app.topic(names.patient_phase, **raw))
+                      metrics, app.topic(names.patient_phase, **raw),
+                      {name: app.topic(name, **raw) for name in names.inputs})
     detector = Detector(cfg, th, metrics, StateStore(table, metrics.state_size.observe),
                         outputs)
     ready = threading.Event()
@@ -122,6 +123,7 @@ def run(cfg: WorkerConfig) -> int:
     Must run in the main thread (Faust installs signal handlers).
     """
     ensure_topics(cfg.connection, cfg.names, cfg.partitions, cfg.replication_factor)
+    check_co_partitioned(cfg.connection, cfg.names, cfg.partitions)  # TopicLayoutError: exit 2
     worker = build(cfg)
     banner = (f"clsmon worker: broker {cfg.connection.describe()}, topics {cfg.topic_prefix}*, "
               f"{cfg.partitions} partitions")

@@ -34,6 +34,7 @@ from detectors.config import Thresholds
 from detectors.interventions import Intervention
 from detectors.observation import Observation, PatientContext, Rejection, format_time
 from detectors.phases import apply_context, flush, step
+from streams.kafka.topics import HomePartitions
 from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
 from streams.worker.ingest import INTERVENTION, Mapped, Refused, ingest
@@ -62,6 +63,7 @@ class Detector:
         self.names = cfg.names
         self.store = store
         self.outputs = outputs
+        self._home = HomePartitions(cfg.partitions)
         self._merges: dict[int, PartitionMerge[_Item]] = {}
         self._last_active: dict[str, float] = {}
         self._pending: dict[int, set[str]] = {}
@@ -91,6 +93,10 @@ class Detector:
                 event.ack()
                 return
             if event.value is None and self._undecodable(event):
+                return
+            key = event.key
+            if key is not None and self._home.of(key) != msg.partition:
+                self.outputs.forward(event, self._home.of(key))  # never split a patient
                 return
             value = ingest(event.key, event.value, msg.topic == self.names.patients,
                            msg.topic == self.names.interventions)

@@ -53,6 +53,11 @@ class Metrics:
             "Input messages whose producer timestamp was ahead of their arrival at the worker "
             "(a skewed producer clock); merged at their arrival time instead", ["topic"],
             registry=r)
+        self.forwarded = Counter(
+            "clsmon_forwarded",
+            "Input records found on a partition other than the one their key hashes to (a "
+            "producer with another partitioner, e.g. librdkafka's CRC32 default), forwarded to "
+            "it so one worker holds all of a patient", ["topic"], registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
         self.rereads = consumer.rereads_counter(r)

@@ -48,11 +48,24 @@ class Outputs:
     """The worker's output topics and their counters."""
 
     def __init__(self, alerts_topic: Any, dead_topic: Any, metrics: Metrics,
-                 phase_topic: Any = None) -> None:
+                 phase_topic: Any = None, input_topics: dict[str, Any] | None = None) -> None:
         self.alerts_topic = alerts_topic
         self.dead_topic = dead_topic
         self.phase_topic = phase_topic
         self.metrics = metrics
+        #: the input topics by name, to forward a record to the partition its key belongs to
+        self.input_topics = input_topics or {}
+
+    def forward(self, event: Any, partition: int) -> None:
+        """Re-publish a record, byte for byte with its timestamp and headers, on the partition
+        of the same topic its key hashes to, and acknowledge it here (Faust flushes the
+        producer before it commits the offset)."""
+        msg = event.message
+        self.input_topics[msg.topic].send_soon(
+            key=event.key, value=event.value, partition=partition, timestamp=msg.timestamp,
+            headers=msg.headers or None)
+        self.metrics.forwarded.labels(msg.topic).inc()
+        event.ack()
 
     def phase(self, st: PatientState, alerts: Sequence[Alert]) -> None:
         """Publish the patient's current phase (after an alert or an ADT event)."""
