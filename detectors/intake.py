@@ -64,6 +64,7 @@ def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) 
     horizon = th.bp_horizon_slots
     newest = st.max_t // slot_ms
     if s < newest - horizon or (st.fold and s <= st.fold[0]):
+        count_late_bp(st, t)
         return False, "late"
     slot = st.slots.get(s)
     if slot is None:
@@ -84,6 +85,18 @@ def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) 
     if after == bp.LOW:
         return st.phase != "leak", "accepted"
     return after == bp.HIGH and st.phase == "leak", "accepted"
+
+
+def count_late_bp(st: PatientState, t: int) -> None:
+    """Remember, per patient, a blood-pressure reading the hypotension rule could not use (its
+    slot lies behind the late horizon, or in runs already folded): the patient's alerts say so
+    (``detectors.phases``), so it is never left out of detection silently."""
+    late = st.late
+    if late:
+        late[0] += 1
+        late[1] = max(late[1], t)
+    else:
+        st.late = [1, t]
 
 
 def on_dbp(st: PatientState, obs: Observation, known: int, th: Thresholds) -> Outcome:

@@ -32,6 +32,7 @@ Exclusions [D] (docs/clinical-criteria.md: the triad counts "after other causes 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import cached_property
 from typing import NamedTuple
 
@@ -237,8 +238,25 @@ def _decide(st: PatientState, th: Thresholds) -> list[Alert]:
         alert = _DECIDERS[st.phase](st, facts, th)
         if alert is None:
             break
-        alerts.append(alert)
+        alerts.append(_with_late_readings(alert, st, th) if st.late else alert)
     return alerts
+
+
+def _with_late_readings(alert: Alert, st: PatientState, th: Thresholds) -> Alert:
+    """The alert with a ``late_bp_readings`` entry and a summary that says some blood-pressure
+    readings were left out of the hypotension rule (``intake.count_late_bp``). Its id and times
+    are unchanged; the entry's time is the latest such reading's, at most the alert's (an alert
+    never shows evidence from after it was raised)."""
+    count, t = st.late
+    horizon = th.bp_late_horizon_min
+    late = Evidence("late_bp_readings", count, "readings",
+                    f"> {horizon:g} min behind the newest reading",
+                    min(t, alert.raised_at_ms), None,
+                    f"{count} blood-pressure readings arrived more than {horizon:g} min behind "
+                    f"the patient's newest and were not used by the hypotension rule (latest "
+                    f"taken at {format_time(t)})")
+    return replace(alert, evidence=(*alert.evidence, late),
+                   summary=f"{alert.summary}; {count} late blood-pressure readings not used")
 
 
 def _time_based_exit_due(st: PatientState, th: Thresholds) -> bool:

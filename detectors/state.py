@@ -27,7 +27,10 @@ Layout (short keys because the changelog stores this once per update):
 - ``max_t`` / ``near`` / ``ahead``: the patient's event-time horizon, whether a second reading
   supports it, and a reading held back as "in the future" (``detectors.plausibility``);
   ``arrived``: the latest availability seen (an alert is never raised before its evidence was
-  there); ``wref``: a weighing refused as a jump (two that agree replace the reference).
+  there); ``wref``: a weighing refused as a jump (two that agree replace the reference);
+- ``late``: ``[count, t]``: blood-pressure readings that came too late for the hypotension rule
+  (``Thresholds.bp_late_horizon_min`` behind ``max_t``) and the event time of the latest of them;
+  the patient's alerts show it, so a reading left out of detection is never left out silently.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ _OPTIONAL = (("pd", "pending"), ("sex", "sex"), ("wkg", "weight_kg"), ("ue", "uo
              ("st", "stay"), ("sf", "stay_fixed"), ("nr", "near"), ("ah", "ahead"),
              ("ar", "arrived"), ("ev", "last_evidence"), ("rz", "raised"), ("wref", "wref"),
              ("wd", "ward"), ("bd", "bed"))
-_CONTAINERS = ("bl", "blr", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv")
+_CONTAINERS = ("bl", "blr", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv",
+               "late")
 
 
 @dataclass(slots=True)
@@ -99,6 +103,8 @@ class PatientState:
     iv: dict[str, list[list[float | None]]] = field(default_factory=dict)
     #: fluid balance per 6-hour bucket: ``{bucket: [mL in, mL out]}``
     fb: dict[int, list[float]] = field(default_factory=dict)
+    #: ``[count, t]`` of blood-pressure readings too late for the hypotension rule
+    late: list[int] = field(default_factory=list)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

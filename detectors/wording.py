@@ -24,6 +24,7 @@ CLINICAL_WORDS = {
     "oliguria": "Low urine output",
     "falling_urine_output": "Urine output falling",
     "leukocytosis": "High white cell count",
+    "late_bp_readings": "Late blood-pressure readings (not used)",
 }
 
 

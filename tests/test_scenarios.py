@@ -262,3 +262,27 @@ def test_state_stays_under_4_kb_after_a_week_of_one_minute_vitals():
     _, state = run(p.observations, p.context())
     assert len(p.observations) > 168 * 60 * 3
     assert len(state.to_json()) < 4096
+
+
+def test_a_reading_too_late_for_the_hypotension_rule_is_counted_for_the_patient_and_shown():
+    """A cuff reading that arrives 10 h behind the patient's newest is kept but cannot rewrite
+    the closed blood-pressure runs: the patient's state counts it, and the next alert says so
+    with the same id and times (issue 14: a reading is never left out of detection silently)."""
+    def panel(t: int, hct: float) -> list[dict]:
+        return [obs("hematocrit", hct, t, "%"), obs("hemoglobin", hct / 3.0, t, "g/dL")]
+
+    before = vitals(0, 20, sbp=120, map_=85) + panel(T0 + 4 * HOUR, 40)
+    late = obs("sbp", 70, T0 + 10 * HOUR, "mmHg")
+    shock = by_time(vitals(20, 30, sbp=80, map_=58) + panel(T0 + 21 * HOUR, 55))
+    alerts, st = run(by_time(before) + shock[:3] + [late] + shock[3:])  # before the panel
+    assert st is not None and st.late == [1, T0 + 10 * HOUR]
+    assert PatientState.from_json(st.to_json()).late == st.late  # kept in the table
+    assert phases(alerts) == ["leak/high"]
+    shown = [e for e in alerts[0].evidence if e.criterion == "late_bp_readings"]
+    assert [(e.value, e.observed_at_ms) for e in shown] == [(1, T0 + 10 * HOUR)]
+    assert "1 late blood-pressure readings not used" in alerts[0].summary
+    in_order, st_in_order = run(by_time([*before, late, *shock]))
+    assert st_in_order is not None and not st_in_order.late
+    assert [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in in_order] == \
+        [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in alerts]
+    assert all(e.criterion != "late_bp_readings" for a in in_order for e in a.evidence)
