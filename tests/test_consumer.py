@@ -311,10 +311,14 @@ def test_stall_guard_does_not_wait_for_offsets_that_hold_no_record() -> None:
 
 
 @pytest.mark.broker
-def test_fetch_position_reads_the_same_offset_as_aiokafkas_position(
+def test_a_partition_is_caught_up_only_once_fetched_to_the_highwater_and_received(
         kafka_bootstrap: str) -> None:
-    """The sync read of aiokafka's private state must agree with its public ``position()``, at a
-    seek and after a fetch: a pin for aiokafka upgrades."""
+    """``caught_up_at`` reads aiokafka's private partition state (position, highwater, time of
+    the last fetch response): it must agree with aiokafka's public ``position()`` and
+    ``highwater()``, a pin for aiokafka upgrades. A partition with more on the broker, or whose
+    last fetched record the agent has not received, is not caught up."""
+    import time
+
     import aiokafka
     from kafka import KafkaProducer
     from stream_support import fresh_prefix
@@ -327,25 +331,38 @@ def test_fetch_position_reads_the_same_offset_as_aiokafkas_position(
     producer.close()
     tp = aiokafka.TopicPartition(topic, 0)
 
-    async def main() -> list[tuple[int | None, int]]:
+    async def main() -> None:
         client = aiokafka.AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap,
-                                           enable_auto_commit=False)
+                                           enable_auto_commit=False, max_poll_records=2)
         await client.start()
-        thread = type("Thread", (), {"_consumer": client})()
-        read = clsmon_consumer._ConsumerThread.fetch_position
+        # the real class, without Faust's thread machinery: only what the reads use
+        thread: Any = object.__new__(clsmon_consumer._ConsumerThread)
+        thread._consumer, thread.last_handed = client, {}
+
+        def caught_up_at(thread: Any, tp: Any, received_next: int | None) -> int | None:
+            return thread.caught_up_at(tp, received_next)  # type: ignore[no-any-return]
+
+        def tp_state(thread: Any, tp: Any) -> Any:
+            return thread._tp_state(tp)
         try:
             client.assign([tp])
-            assert read(thread, aiokafka.TopicPartition(topic, 1)) is None  # not assigned
+            assert tp_state(thread, aiokafka.TopicPartition(topic, 1)) is None  # not assigned
             client.seek(tp, 2)
-            seen = [(read(thread, tp), await client.position(tp))]
-            got = 0
-            while got < 4:
+            assert caught_up_at(thread, tp, None) is None  # nothing fetched: unknown
+            batch = await client.getmany(tp, timeout_ms=5000)
+            thread.last_handed[tp] = batch[tp][-1].offset
+            assert client.highwater(tp) == 6 and await client.position(tp) < 6
+            assert caught_up_at(thread, tp, 6) is None  # more on the broker
+            while await client.position(tp) < 6:
                 batch = await client.getmany(tp, timeout_ms=5000)
-                assert batch, "nothing fetched"
-                got += sum(len(v) for v in batch.values())
-            seen.append((read(thread, tp), await client.position(tp)))
-            return seen
+                if batch:
+                    thread.last_handed[tp] = batch[tp][-1].offset
+            assert thread.last_handed[tp] == 5
+            assert caught_up_at(thread, tp, 5) is None  # the agent has not received 5 yet
+            at = caught_up_at(thread, tp, 6)
+            assert at is not None and abs(at - time.time() * 1000) < 10_000
+            assert at == client.last_poll_timestamp(tp)
         finally:
             await client.stop()
 
-    assert asyncio.run(main()) == [(2, 2), (6, 6)]
+    asyncio.run(main())

@@ -125,19 +125,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         beyond what the agent has received (``received_next``: the offset after the last one
         it got); None while there is more, in aiokafka or on the broker, or when unknown.
 
-        Read without a round trip to the consumer's thread (attributes of aiokafka's
-        subscription state and of this object), because the ordering merge asks on its hot
-        path. "Nothing beyond": the fetch position has reached the highwater the broker
+        "Nothing beyond": the fetch position has reached the highwater the broker
         reported in that response, and the agent has the last record handed to Faust since
         the partition's last seek (offsets in between hold no record: markers, 7.).
         """
-        consumer = self._consumer
-        if consumer is None:
-            return None
-        try:
-            state = consumer._subscription.subscription.assignment.state_value(tp)
-        except (AttributeError, KeyError, TypeError):  # not assigned (any more)
-            return None
+        state = self._tp_state(tp)
         if state is None:
             return None
         highwater, position, at = state.highwater, state._position, state.timestamp
@@ -156,21 +148,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[Any, int]:
         return await self.call_thread(self._seek_every_stream_partition)
 
-    def fetch_position(self, tp: Any) -> int | None:
-        """The next offset aiokafka will hand to Faust for ``tp``; None when unknown.
-
-        Read without a round trip to the consumer's thread (one attribute of aiokafka's
-        subscription state, an int under the GIL), because the ordering merge asks it on its hot
-        path; ``await consumer.position(tp)`` costs a thread hop.
-        """
+    def _tp_state(self, tp: Any) -> Any:
+        """aiokafka's state of an assigned partition (position, highwater, time of the last
+        fetch response), None when unknown: read without a round trip to the consumer's thread
+        (attributes, atomic under the GIL), because the ordering merge asks on its hot path."""
         consumer = self._consumer
         if consumer is None:
             return None
         try:
-            state = consumer._subscription.subscription.assignment.state_value(tp)
+            return consumer._subscription.subscription.assignment.state_value(tp)
         except (AttributeError, KeyError, TypeError):  # not assigned (any more)
             return None
-        return state._position if state is not None else None
 
     async def _seek_every_stream_partition(self) -> Mapping[Any, int]:
         """Runs in the consumer's thread (aiokafka's loop)."""
