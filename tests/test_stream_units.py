@@ -273,3 +273,28 @@ def test_a_record_on_another_partition_than_its_key_hashes_to_is_forwarded_there
                  now=1_800_000_002.0)
     assert len(vitals.sent) == 1 and len(det._merges[home]) + sample(
         "clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 1
+
+
+def test_a_batch_the_consumer_could_not_decode_is_dead_lettered_with_its_extent() -> None:
+    """The consumer hands an undecodable batch over as one message without key and value
+    (streams.kafka.records); the worker dead-letters it with a reason a person can act on."""
+    from streams.kafka.records import UndecodableBatch
+
+    det, metrics, _, _, dead = _detector()
+    batch = UndecodableBatch(topic="u.vitals", partition=0, offset=40, timestamp=0,
+                             timestamp_type=0, key=None, value=None, checksum=None,
+                             serialized_key_size=-1, serialized_value_size=-1, headers=[],
+                             next_offset=52, codec="zstd",
+                             error="UnsupportedCodecError: Libraries for zstd not found")
+    det.undecodable = lambda t, p, o: batch if (t, p, o) == ("u.vitals", 0, 40) else None
+    event = _Event(_Msg("u.vitals", offset=40), None, None)
+    det.on_event(event, now=1_800_000_001.0)
+    assert event.acked and len(dead.sent) == 1
+    record = json.loads(dead.sent[0][1])
+    assert record["reason"] == "undecodable_batch" and record["value_encoding"] == "none"
+    assert "offsets 40..51 of u.vitals[0] (compression zstd)" in record["detail"]
+    sample = metrics.registry.get_sample_value
+    assert sample("clsmon_dead_letters_total", {"reason": "undecodable_batch"}) == 1
+    other = _Event(_Msg("u.vitals", offset=41), None, None)  # a null value, not a batch
+    det.on_event(other, now=1_800_000_001.0)
+    assert json.loads(dead.sent[1][1])["reason"] == "malformed_json"

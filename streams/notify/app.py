@@ -116,7 +116,8 @@ def build(cfg: NotifyConfig, routing: Routing | None = None,
     notifier = Notifier(routing, names, TableLedger(table), metrics, dead_letter,
                         escalate_after=cfg.escalate_after(routing),
                         supersede_window_s=routing.supersede_window_s,
-                        publish=lambda key, value: outcomes.send_soon(key=key, value=value))
+                        publish=lambda key, value: outcomes.send_soon(key=key, value=value),
+                        undecodable=consumer.undecodable_probe(app))
     ready = threading.Event()
 
     guard = consumer.watch(app, {names.alerts, names.alert_acks}, "notify", cfg.stall_after_s,

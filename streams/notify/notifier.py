@@ -135,12 +135,20 @@ class Notifier:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _running: set[tuple[str, str, str]] = field(default_factory=set)
+    #: ``(topic, partition, offset) -> UndecodableBatch | None`` (``streams.kafka.records``)
+    undecodable: Callable[[str, int, int], Any] | None = None
 
     async def on_message(self, msg: Incoming) -> None:
         """Handle one message of ``alerts`` or ``alert-acks``; never raises; acks it once its
         record is durable, then starts what became due."""
         touched: str | None = None
         try:
+            batch = None if msg.value is not None or self.undecodable is None else \
+                self.undecodable(msg.topic, msg.partition, msg.offset)
+            if batch is not None:  # a record batch the consumer could not decode
+                self._reject(msg, Rejection("undecodable_batch", batch.reason()))
+                msg.ack()
+                return
             async with self.lock:
                 if msg.topic == self.names.alert_acks:
                     touched = await self._on_ack(msg)
