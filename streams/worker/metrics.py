@@ -51,7 +51,8 @@ class Metrics:
         self.future_timestamps = Counter(
             "clsmon_future_timestamps",
             "Input messages whose producer timestamp was ahead of their arrival at the worker "
-            "(a skewed producer clock); merged at their arrival time instead", ["topic"],
+            "by more than the ordering grace (a skewed producer clock); merged at their "
+            "arrival time instead", ["topic"],
             registry=r)
         self.forwarded = Counter(
             "clsmon_forwarded",

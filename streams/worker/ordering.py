@@ -27,7 +27,8 @@ the pause: under a backlog (and after a restart with one) the merge is exact, wh
 timing, for any feed whose order within each topic is the arrival order.
 
 A producer timestamp ahead of the message's arrival at this worker (a gateway with a skewed
-clock) is **clamped** to its arrival time (``push`` says so; the worker counts it): a message
+clock) is **clamped** to its arrival time (``push`` says so when it was ahead by more than the
+grace; the worker counts it): a message
 dated a day ahead would otherwise be held, with everything behind it in the commit, until the
 wall clock reached it.
 
@@ -72,15 +73,17 @@ class PartitionMerge(Generic[T]):
 
     def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> bool:
         """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
-        at ``now_ms``. Returns True when its timestamp was in the future and was clamped."""
-        clamped = ts_ms > now_ms
-        if clamped:
+        at ``now_ms``. A timestamp in the future is clamped to ``now_ms``; returns True when it
+        was ahead by more than ``grace_ms`` (a skewed clock, worth counting; a few ms are the
+        jitter between two machines' clocks)."""
+        ahead = ts_ms - now_ms
+        if ahead > 0:
             ts_ms = now_ms
         heapq.heappush(self._heap, (ts_ms, self._rank[source], offset, next(self._seq), item))
         if ts_ms > self._last_ts[source]:
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
-        return clamped
+        return ahead > self._grace
 
     def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
