@@ -71,6 +71,17 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    of the last fetch response whose highwater the fetch position had reached, once the agent
    has received the last record handed to Faust. A quiet spell of the agent is no evidence:
    under a backlog it happens between two fetches (issue 14, item 8).
+
+9. **Commit errors after an idle spell.** Faust's livelock check (every 2.5 commit intervals)
+   logs ERROR "Has not committed TP(...)" when a partition has records in flight (highwater past
+   the fetch position) and its last commit is older than ``broker_commit_livelock_soft_timeout``
+   (5 min). A partition with nothing to commit has no recent commit either, so the first records
+   after five quiet minutes, caught in flight by the check before the next commit, read as a
+   stalled commit: the ticks topic (records only while the worker has work) every few idle
+   minutes, and a quiet ward's inputs (issue 14, item 7). ``verify_event_path`` counts a check
+   that finds nothing left to commit (the commit at the highwater) as a commit, so "last commit"
+   means "last time the commit was up to date"; a commit that stops while records wait is still
+   reported.
 """
 
 from __future__ import annotations
@@ -139,6 +150,16 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if last is not None and (received_next is None or received_next <= last):
             return None
         return int(at)
+
+    def verify_event_path(self, now: float, tp: Any) -> None:
+        """Faust's livelock check of ``tp``, with an up-to-date commit counting as a commit
+        (9. in the module doc)."""
+        state = self._tp_state(tp)
+        head = cast("_Consumer", self.consumer).commit_head(tp)
+        if (state is not None and state.highwater is not None and head is not None
+                and NO_RECORDS.skip(tp, head) >= state.highwater):
+            self.tp_last_committed_at[tp] = now  # nothing to commit: the commit is current
+        super().verify_event_path(now, tp)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -274,13 +295,18 @@ class _Consumer(faust_aiokafka.Consumer):
                 await self.seek(tp, sought[tp])
         dropped.clear()
 
+    def commit_head(self, tp: Any) -> int | None:
+        """The first offset of ``tp`` not committed yet: the commit, or before the first
+        commit where the last seek began reading (4. in the module doc); None for a partition
+        never sought (not a stream partition of ours)."""
+        committed = self._committed_offset.get(tp)
+        return committed if committed is not None else self._our_thread.sought.get(tp)
+
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: past the run of acknowledged offsets and offsets
         without a record (7. in ``streams.kafka.records``) that begins at the first
         unacknowledged one; None while that one is not acknowledged."""
-        committed = self._committed_offset[tp]
-        # before the first commit: where the last seek began reading (4. in the module doc)
-        head = committed if committed is not None else self._our_thread.sought.get(tp)
+        head = self.commit_head(tp)
         if head is None:
             return None  # never sought (not a stream partition of ours): commit nothing
         acked = self._acked[tp]
