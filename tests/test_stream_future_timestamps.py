@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import HOUR, MIN, T0
+from builders import HOUR, MIN, T0, by_time, obs, vitals
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 from stream_support import WorkerProcess, alert_docs, fresh_prefix, read_topic, wait_committed
@@ -28,15 +28,15 @@ def partition_of(pid: str, partitions: int = 3) -> int:
 
 
 def leak_course(pid: str) -> list[dict[str, Any]]:
-    """An hour of normal pressure, half an hour of SBP 80, then a hemoconcentrated,
-    hypoalbuminemic panel: leak (high), escalated to critical by the albumin."""
-    rows = [{"kind": "sbp", "value": 120, "unit": "mmHg", "observed_at": T0 + i * 5 * MIN}
-            for i in range(12)]
-    rows += [{"kind": "sbp", "value": 80, "unit": "mmHg", "observed_at": T0 + HOUR + i * 2 * MIN}
-             for i in range(15)]
-    rows += [{"kind": "hematocrit", "value": 55, "unit": "%", "observed_at": T0 + 85 * MIN},
-             {"kind": "albumin", "value": 2.5, "unit": "g/dL", "observed_at": T0 + 85 * MIN}]
-    return [{"patient_id": pid, **row} for row in rows]
+    """20 h of normal pressure (charted every 15 min) with a baseline panel, 2 h of SBP 80, then
+    a hemoconcentrated panel (its Hb agrees) with albumin 0.5 g/dL down: leak (high), escalated
+    to critical by the albumin (issue 13's rules)."""
+    rows = vitals(0, 20, 120, 85, every_min=15, pid=pid) + vitals(20, 22, 80, 58, every_min=15,
+                                                                  pid=pid)
+    for t, hct, albumin in ((T0 + 4 * HOUR, 40, 3.8), (T0 + 21 * HOUR, 55, 3.3)):
+        rows += [obs("hematocrit", hct, t, "%", pid), obs("hemoglobin", hct / 3, t, "g/dL", pid),
+                 obs("albumin", albumin, t, "g/dL", pid)]
+    return by_time(rows)
 
 
 @pytest.mark.broker
