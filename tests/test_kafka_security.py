@@ -169,3 +169,15 @@ def test_security_settings_that_cannot_work_are_refused() -> None:
         KafkaSecurity("SASL_SSL", "GSSAPI", "u", "p")
     secure = KafkaSecurity("sasl_ssl", "scram-sha-512", "u", "secret")
     assert "secret" not in repr(secure) and secure.describe() == "SASL_SSL SCRAM-SHA-512 as u"
+
+
+def test_the_worker_may_write_its_inputs_because_it_forwards_misplaced_records() -> None:
+    """A record on another partition than murmur2 of its key is re-produced to the right
+    partition of the same input topic (streams.worker.outputs.forward): on a locked-down
+    cluster the worker's role must hold WRITE on every input, or that forward is refused."""
+    names = TopicNames("clsmon.")
+    worker = required_acls(names.prefix)["worker"]
+    writable = {g.name for g in worker if g.resource == "topic" and "WRITE" in g.operations}
+    assert set(names.inputs) <= writable
+    gateway = required_acls(names.prefix)["gateway"]
+    assert not any("READ" in g.operations for g in gateway)  # a gateway never reads

@@ -58,8 +58,10 @@ def required_acls(prefix: str = "clsmon.") -> dict[str, list[Grant]]:
         ]
 
     return {
+        # the worker also writes its inputs: a record on another partition than its key's
+        # (a producer with another partitioner) is forwarded to the right one
         "worker": faust_app("worker", (*t.inputs, t.ticks),
-                            (t.alerts, t.dead_letters, t.ticks, t.patient_phase)),
+                            (*t.inputs, t.alerts, t.dead_letters, t.ticks, t.patient_phase)),
         "notifier": faust_app("notifier", (t.alerts, t.alert_acks),
                               (t.dead_letters, t.notifications)),
         # reads without a consumer group; acknowledges and escalates on alert-acks
