@@ -333,7 +333,10 @@ def main() -> int:
                      "note": "the worker's defaults; Tansu with --producer-max-batch-size 1"},
         "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     for engine in engines:
-        result[engine] = run_engine(engine, args, workdir)
+        # a folder per broker: the trivial agent's count file is named after the round's prefix,
+        # so the second broker's rounds read the first broker's counts from a shared folder
+        (workdir / engine).mkdir()
+        result[engine] = run_engine(engine, args, workdir / engine)
     write_results(ROOT / "bench" / "results" / "stream.json", result)
     return 0
 
