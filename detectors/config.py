@@ -226,15 +226,37 @@ class Thresholds:
     bp_horizon_slots: int = field(init=False, repr=False, compare=False, default=0)
     bp_gap_ms: int = field(init=False, repr=False, compare=False, default=0)
     panel_ms: int = field(init=False, repr=False, compare=False, default=0)
+    #: the hour windows the hot path asks for at every reading or decision, as ``ms(hours)``
+    #: (whole milliseconds), so that no call converts them again
+    baseline_labs_ms: int = field(init=False, repr=False, compare=False, default=0)
+    baseline_max_age_ms: int = field(init=False, repr=False, compare=False, default=0)
+    run_retention_ms: int = field(init=False, repr=False, compare=False, default=0)
+    transfusion_window_ms: int = field(init=False, repr=False, compare=False, default=0)
+    hct_spike_window_ms: int = field(init=False, repr=False, compare=False, default=0)
+    hct_spike_wait_ms: int = field(init=False, repr=False, compare=False, default=0)
+    triad_window_ms: int = field(init=False, repr=False, compare=False, default=0)
+    future_tolerance_ms: int = field(init=False, repr=False, compare=False, default=0)
+    stay_gap_ms: int = field(init=False, repr=False, compare=False, default=0)
+    albumin_infusion_window_ms: int = field(init=False, repr=False, compare=False, default=0)
+    pressor_open_ms: int = field(init=False, repr=False, compare=False, default=0)
+    pressor_weaning_ms: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if self.bp_slot_min <= 0:
             raise ThresholdsError("bp_slot_min must be positive")
-        object.__setattr__(self, "bp_slot_ms", int(self.bp_slot_min * MIN_MS))
-        object.__setattr__(self, "bp_horizon_slots",
-                           int(self.bp_late_horizon_min * MIN_MS) // self.bp_slot_ms)
-        object.__setattr__(self, "bp_gap_ms", int(self.hypotension_gap_min * MIN_MS))
-        object.__setattr__(self, "panel_ms", int(self.panel_min * MIN_MS))
+        derived = {
+            "bp_slot_ms": int(self.bp_slot_min * MIN_MS),
+            "bp_horizon_slots": int(self.bp_late_horizon_min * MIN_MS)
+            // int(self.bp_slot_min * MIN_MS),
+            "bp_gap_ms": int(self.hypotension_gap_min * MIN_MS),
+            "panel_ms": int(self.panel_min * MIN_MS),
+        }
+        for name in ("baseline_labs", "baseline_max_age", "run_retention", "transfusion_window",
+                     "hct_spike_window", "hct_spike_wait", "triad_window", "future_tolerance",
+                     "stay_gap", "albumin_infusion_window", "pressor_open", "pressor_weaning"):
+            derived[f"{name}_ms"] = self.ms(getattr(self, f"{name}_h"))
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @staticmethod
     def ms(hours: float) -> int:

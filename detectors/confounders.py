@@ -38,7 +38,7 @@ def hct_points_from_red_cells(st: PatientState, after: int, until: int, weight_k
 def albumin_infused_before(st: PatientState, t: int, th: Thresholds) -> bool:
     """True when albumin was infused in the ``albumin_infusion_window_h`` before ``t`` (a high
     serum albumin then says nothing about concentration, nor is it the patient's baseline)."""
-    window = th.ms(th.albumin_infusion_window_h)
+    window = th.albumin_infusion_window_ms
     for start, _end, _amount, _rate, _tag in st.iv.get("al", ()):
         if start is not None and t - window <= start <= t:
             return True
@@ -49,7 +49,7 @@ def pressor_rate(st: PatientState, t: int, th: Thresholds) -> float:
     """Norepinephrine-equivalent rate (mcg/kg/min) running at ``t``; a dose with no rate or no
     known end counts as running for ``pressor_open_h`` (1 mcg/kg/min-equivalent when no rate)."""
     total = 0.0
-    open_ms = th.ms(th.pressor_open_h)
+    open_ms = th.pressor_open_ms
     for start, end, _amount, rate, _tag in st.iv.get("vp", ()):
         if start is None:
             continue
@@ -66,7 +66,7 @@ def pressure_held_by_pressor(st: PatientState, t: int, th: Thresholds) -> bool:
     now = pressor_rate(st, t, th)
     if now <= 0:
         return False
-    window = th.ms(th.pressor_weaning_h)
+    window = th.pressor_weaning_ms
     peak = now
     for start, end, _amount, _rate, _tag in st.iv.get("vp", ()):
         for moment in (start, end):
@@ -84,7 +84,7 @@ def first_unheld(st: PatientState, start: int, until: int, th: Thresholds) -> in
             if moment is not None and start < moment <= until:
                 moments.append(int(moment))
         if row[0] is not None and row[1] in (None, row[0]):
-            stop = int(row[0]) + th.ms(th.pressor_open_h)
+            stop = int(row[0]) + th.pressor_open_ms
             if start < stop <= until:
                 moments.append(stop)
     for moment in sorted(moments):

@@ -127,7 +127,7 @@ def on_lab(st: PatientState, obs: Observation, known: int, th: Thresholds) -> Ou
         row.append(CENSORED_CODE[censored])
     insert_row(st.labs.setdefault(kind, []), row, keep)
     if kind != "leukocytes" and normal_for_baseline(st, kind, t, value, th):
-        add_baseline_reading(st, kind, t, value, th.ms(th.baseline_labs_h), th.baseline_kept)
+        add_baseline_reading(st, kind, t, value, th.baseline_labs_ms, th.baseline_kept)
     decides = kind in ("hematocrit", "albumin", "hemoglobin") or st.phase == "leak"
     return decides, "accepted"
 
@@ -154,7 +154,7 @@ def on_weight(st: PatientState, obs: Observation, known: int, th: Thresholds) ->
     if jump is not None:
         return jump
     insert_row(st.wt, [t, kg, delay_min(t, known)], th.weighings_kept)
-    add_baseline_reading(st, "weight", t, kg, th.ms(th.baseline_labs_h), th.baseline_kept)
+    add_baseline_reading(st, "weight", t, kg, th.baseline_labs_ms, th.baseline_kept)
     return True, "accepted"
 
 
@@ -191,7 +191,7 @@ def withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thres
         return False
     removed = remove_rows(rows, t, value)
     for old in removed:
-        remove_baseline(st, kind, t, old, th.ms(th.baseline_labs_h))
+        remove_baseline(st, kind, t, old, th.baseline_labs_ms)
     return bool(removed)
 
 
@@ -206,7 +206,7 @@ def fold_old_slots(st: PatientState, keep_from: int, th: Thresholds) -> None:
         if s >= keep_from:
             break
         st.fold = bp.fold(st.hypo, st.norm, st.fold, s, st.slots.pop(s), th)
-    cutoff = st.max_t - th.ms(th.run_retention_h)
+    cutoff = st.max_t - th.run_retention_ms
     st.hypo = [r for r in st.hypo if r[bp.R_LAST] >= cutoff][-6:]
     st.norm = st.norm[-6:]
 

@@ -288,7 +288,7 @@ def record(st: PatientState, iv: Intervention, th: Thresholds = DEFAULT_THRESHOL
     while i and (rows[i - 1][0] or 0) > start:
         i -= 1
     rows.insert(i, row)
-    horizon = th.ms(th.baseline_max_age_h) if iv.kind == "red_cells" else IV_HORIZON_MS
+    horizon = th.baseline_max_age_ms if iv.kind == "red_cells" else IV_HORIZON_MS
     cutoff = max(st.max_t, row[1] or 0) - horizon
     rows[:] = [r for r in rows if (r[1] or 0) >= cutoff][-IV_KEEP[iv.kind]:]
     volume = row[2]

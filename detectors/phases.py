@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import cached_property
 from typing import NamedTuple
 
+from detectors import memo
 from detectors.alerts import SEVERITY_RANK, Alert, Evidence, alert_id, make_alert
 from detectors.config import DEFAULT_THRESHOLDS, HOUR_MS, Thresholds
 from detectors.confounders import albumin_infused_before, first_unheld, gain_explained_by_fluids
@@ -193,7 +193,12 @@ def _retract(st: PatientState, r: Retraction, th: Thresholds) -> StepResult:
 # --- decisions ------------------------------------------------------------------------------
 
 class _Facts:
-    """Derived views of the state for one decision round; computed only when asked for."""
+    """Derived views of the state for one decision round; computed only when asked for (the
+    runs and the Hct findings come from ``detectors.memo``: recomputed only when their inputs
+    changed since the last decision)."""
+
+    __slots__ = ("_st", "_th", "sbp_baseline", "weight_baseline", "weight_kg", "_low",
+                 "_high", "_hypotension", "_recovered", "_hcts")
 
     def __init__(self, st: PatientState, th: Thresholds) -> None:
         self._st = st
@@ -209,23 +214,35 @@ class _Facts:
         self.weight_baseline = admission or (median(weighings) if weighings else None)
         latest = st.wt[-1][1] if st.wt else None
         self.weight_kg = self.weight_baseline or st.weight_kg or latest or th.default_weight_kg
+        self._low: list[list[float]] | None = None
+        self._high: list[list[float]] = []
+        self._hypotension: list[list[float]] | None = None
+        self._recovered: list[list[float]] | None = None
+        self._hcts: list[Finding] | None = None
 
-    @cached_property
-    def _runs(self) -> tuple[list[list[float]], list[list[float]]]:
-        st = self._st
-        return bp.runs(st.slots, st.hypo, st.norm, st.fold, self._th)
+    def _runs(self) -> list[list[float]]:
+        if self._low is None:
+            self._low, self._high = memo.bp_runs(self._st, self._th)
+        return self._low
 
-    @cached_property
+    @property
     def hypotension(self) -> list[list[float]]:
-        return bp.persistent(self._runs[0])
+        if self._hypotension is None:
+            self._hypotension = bp.persistent(self._runs())
+        return self._hypotension
 
-    @cached_property
+    @property
     def recovered_bp(self) -> list[list[float]]:
-        return [r for r in self._runs[1] if r[bp.H_Q]]
+        if self._recovered is None:
+            self._runs()
+            self._recovered = [r for r in self._high if r[bp.H_Q]]
+        return self._recovered
 
-    @cached_property
+    @property
     def hemoconcentrated(self) -> list[Finding]:
-        return hemoconcentration.findings(self._st, self.weight_kg, self._th)
+        if self._hcts is None:
+            self._hcts = memo.hemoconcentrated(self._st, self.weight_kg, self._th)
+        return self._hcts
 
     def albumin_baseline(self, t: int) -> float | None:
         return baseline_before(self._st, "albumin", t, self._th, self.weight_kg, 0.0)

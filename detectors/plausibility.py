@@ -38,8 +38,8 @@ def check_time(st: PatientState, t: int, th: Thresholds) -> Rejection | str | No
     horizon = st.max_t
     if not horizon:
         return None
-    tolerance = th.ms(th.future_tolerance_h)
-    gap = th.ms(th.stay_gap_h)
+    tolerance = th.future_tolerance_ms
+    gap = th.stay_gap_ms
     if t > horizon + tolerance:
         if st.ahead and t >= st.ahead - tolerance:
             # a second reading far ahead that agrees with the first: time really moved on
@@ -61,7 +61,7 @@ def check_time(st: PatientState, t: int, th: Thresholds) -> Rejection | str | No
 
 def advance_horizon(st: PatientState, t: int, th: Thresholds) -> None:
     """Fold an accepted reading's time into the horizon and its support count."""
-    tolerance = th.ms(th.future_tolerance_h)
+    tolerance = th.future_tolerance_ms
     if t > st.max_t:
         st.near = 2 if st.max_t and t - st.max_t <= tolerance else 1
         st.max_t = t

@@ -105,6 +105,9 @@ class PatientState:
     fb: dict[int, list[float]] = field(default_factory=dict)
     #: ``[count, t]`` of blood-pressure readings too late for the hypotension rule
     late: list[int] = field(default_factory=list)
+    #: derived views remembered between decisions (``detectors.memo``): not serialised, not
+    #: compared, empty after a restart
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def baseline_before(st: PatientState, kind: str, t: int, th: Thresholds,
     """The stay's baseline of ``kind`` for a value drawn at ``t``: the median of the baseline
     readings drawn before ``t`` and at most ``baseline_max_age_h`` older, each raised by the red
     cells given between it and ``t`` (``red_cell_factor``: 1 for Hct points, 1/3 for Hb)."""
-    oldest = t - th.ms(th.baseline_max_age_h)
+    oldest = t - th.baseline_max_age_ms
     values = []
     transfused = red_cell_factor and st.iv.get("rc")  # hot path: most stays have no red cells
     for bt, value in st.blr.get(kind, ()):
@@ -78,7 +78,7 @@ def is_hemoconcentrated(hct_pct: float, baseline_pct: float | None, sex: str | N
 
 def _meets(st: PatientState, t: int, value: float, weight_kg: float, th: Thresholds
            ) -> tuple[bool, float | None, float]:
-    explained = hct_points_from_red_cells(st, t - th.ms(th.transfusion_window_h), t, weight_kg,
+    explained = hct_points_from_red_cells(st, t - th.transfusion_window_ms, t, weight_kg,
                                           th)
     base = baseline_before(st, "hematocrit", t, th, weight_kg)
     return is_hemoconcentrated(value, base, st.sex, th, explained), base, explained
@@ -86,7 +86,7 @@ def _meets(st: PatientState, t: int, value: float, weight_kg: float, th: Thresho
 
 def _hb_agrees(st: PatientState, t: int, weight_kg: float, th: Thresholds) -> int | None:
     """Availability of a Hb of the same draw that agrees, or None."""
-    explained_hb = hct_points_from_red_cells(st, t - th.ms(th.transfusion_window_h), t,
+    explained_hb = hct_points_from_red_cells(st, t - th.transfusion_window_ms, t,
                                              weight_kg, th) / 3.0
     for row in st.lab("hemoglobin"):
         if abs(row[0] - t) > th.panel_ms:
@@ -103,10 +103,10 @@ def _spike_check(draws: list[list[float]], i: int, horizon: int, th: Thresholds
                  ) -> tuple[bool, int]:
     """(is a spike, when it is known not to be one) for draw ``i`` of ``draws``."""
     t, value = draws[i][0], draws[i][1]
-    before = [d for d in draws[:i] if t - d[0] < th.ms(th.hct_spike_window_h) and d[0] < t]
+    before = [d for d in draws[:i] if t - d[0] < th.hct_spike_window_ms and d[0] < t]
     if not before or value - before[-1][1] < th.hct_spike_points:
         return False, 0
-    wait = th.ms(th.hct_spike_wait_h)
+    wait = th.hct_spike_wait_ms
     after = [d for d in draws[i + 1:] if t < d[0] <= t + wait]
     if after:
         nxt = after[0]
@@ -127,7 +127,7 @@ def findings(st: PatientState, weight_kg: float, th: Thresholds) -> list[Finding
         if ok:
             met.append((i, row[1], base, explained, known_at(row)))
     out = []
-    near = th.ms(th.triad_window_h)
+    near = th.triad_window_ms
     for i, value, base, explained, known in met:
         t = int(draws[i][0])
         spike, checked_at = _spike_check(draws, i, st.max_t, th)
