@@ -43,19 +43,22 @@ def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) 
     t, value, kind = obs.observed_at_ms, obs.value, obs.kind
     sbp_baseline = None
     if kind == "sbp":
-        dbp = st.last.get("dbp")
+        last = st.last
+        dbp = last.get("dbp")
         if dbp is not None and dbp[0] == t and value <= dbp[1]:
             return Rejection("inconsistent", f"SBP {value:g} not above DBP {dbp[1]:g} mmHg at the "
                              "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
         b = st.bl.get("sbp")
         window = th.baseline_vitals_h * HOUR_MS
         # a hypotensive reading is never a baseline
-        if value > th.sbp_low_mmhg and (b is None or t - b[0] <= window):
+        if (b is None or t - b[0] <= window) and value > th.sbp_low_mmhg:
             add_baseline(st, "sbp", t, value, int(window))
             b = st.bl.get("sbp")  # none yet when the first episode began before a normal SBP
-        last = st.last.get("sbp")
-        if last is None or t >= last[0]:
-            st.last["sbp"] = [t, value]
+        latest = last.get("sbp")
+        if latest is None:
+            last["sbp"] = [t, value]
+        elif t >= latest[0]:
+            latest[0], latest[1] = t, value
         if (b is not None and b[1] >= th.baseline_min_vitals
                 and t - b[0] <= th.baseline_max_age_h * HOUR_MS):
             sbp_baseline = b[2] / b[1]
@@ -66,17 +69,18 @@ def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) 
     if s < newest - horizon or (st.fold and s <= st.fold[0]):
         count_late_bp(st, t)
         return False, "late"
-    slot = st.slots.get(s)
+    slots = st.slots
+    slot = slots.get(s)
     if slot is None:
-        slot = st.slots[s] = bp.new_slot()
+        slot = slots[s] = bp.new_slot()
         # a new slot continues the class of the slot before it: if it keeps that class nothing
         # about the runs changes but their length
-        earlier = st.slots.get(s - 1)
+        earlier = slots.get(s - 1)
         before = earlier[bp.CLS] if earlier is not None else -1
         after = bp.add_reading(slot, kind, value, t, sbp_baseline, th, known)[1]
     else:
         before, after = bp.add_reading(slot, kind, value, t, sbp_baseline, th, known)
-    if len(st.slots) > horizon + 1:
+    if len(slots) > horizon + 1:
         fold_old_slots(st, newest - horizon, th)
     # a low run growing matters while a leak (or a relapse) may begin; a recovered run growing
     # matters during a leak; any change of class may start or end a run
@@ -197,8 +201,10 @@ def withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thres
 
 def remember_latest(st: PatientState, kind: str, t: int, value: float) -> None:
     last = st.last.get(kind)
-    if last is None or t >= last[0]:
+    if last is None:
         st.last[kind] = [t, value]
+    elif t >= last[0]:
+        last[0], last[1] = t, value
 
 
 def fold_old_slots(st: PatientState, keep_from: int, th: Thresholds) -> None:

@@ -63,6 +63,9 @@ from detectors.state import (
 
 _MAX_TRANSITIONS_PER_STEP = 4
 _NO_ALERTS: tuple[Alert, ...] = ()
+#: a reading this close to the patient's horizon needs no plausibility check of its time
+_NEAR_BEHIND_MS = 3 * HOUR_MS
+_NEAR_AHEAD_MS = HOUR_MS
 _tuple_new = tuple.__new__  # builds a StepResult without the Python-level NamedTuple __new__
 
 
@@ -115,10 +118,11 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     in place (``detectors.plausibility``). Interventions are recorded for the decisions to come.
     """
     st = state if state is not None else PatientState(obs.patient_id)
-    if isinstance(obs, Intervention):
-        return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs, th), None))
-    if isinstance(obs, Retraction):
-        return _retract(st, obs, th)
+    if obs.__class__ is not Observation:
+        if isinstance(obs, Intervention):
+            return _tuple_new(StepResult, (st, _NO_ALERTS, record(st, obs, th), None))
+        if isinstance(obs, Retraction):
+            return _retract(st, obs, th)
     t = obs.observed_at_ms
     # hash of ints and floats is not salted per process (only str/bytes are), so the
     # fingerprint of a redelivered observation is the same after a worker restart
@@ -128,14 +132,19 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
         fingerprint = hash((code, t, obs.value))
         if fingerprint in st.seen:
             return _tuple_new(StepResult, (st, _NO_ALERTS, "duplicate", None))
-    if st.max_t and not st.max_t - 3 * HOUR_MS <= t <= st.max_t + HOUR_MS:
+    previous_max, previous_near = st.max_t, st.near
+    if previous_max and not previous_max - _NEAR_BEHIND_MS <= t <= previous_max + _NEAR_AHEAD_MS:
         verdict = check_time(st, t, th)  # far from the horizon: is it plausible?
         if verdict.__class__ is Rejection:
             return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", verdict))
         if verdict == NEW_STAY:
             reset_stay(st)
-    previous_max, previous_near = st.max_t, st.near
-    advance_horizon(st, t, th)
+            previous_max, previous_near = st.max_t, st.near
+    if previous_near == 2 and previous_max and previous_max < t <= previous_max + \
+            th.future_tolerance_ms:
+        st.max_t = t  # the usual reading: the horizon moves on, its support stays
+    elif t > previous_max or previous_near < 2:
+        advance_horizon(st, t, th)
     available = obs.available_at_ms
     known = available if available is not None and available > t else t
     if st.arrived > known:
@@ -145,7 +154,8 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
         st.max_t, st.near = previous_max, previous_near
         return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", outcome))
     st.arrived = known
-    if not st.stay or (t < st.stay and not st.stay_fixed):
+    stay = st.stay
+    if not stay or (t < stay and not st.stay_fixed):
         st.stay = t
     if code is not None:
         seen = st.seen
@@ -153,16 +163,18 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
         if len(seen) > SEEN_KEEP:
             del seen[0]
     evaluate, status = outcome
-    if not evaluate and not st.pending and st.phase == "none":
+    pending = st.pending
+    phase = st.phase
+    if not evaluate and not pending and phase == "none":
         return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))  # a quiet reading
     is_lab = kind in LAB_KINDS
-    if st.pending and not (is_lab and abs(t - st.pending) <= th.panel_ms):
+    if pending and not (is_lab and abs(t - pending) <= th.panel_ms):
         st.pending = 0  # the panel is complete: the decision it waited for is taken now
         evaluate = True
     if is_lab and evaluate:
         st.pending = st.pending or t
         return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))
-    if not evaluate and st.phase != "none" and st.max_t > previous_max:
+    if not evaluate and phase != "none" and st.max_t > previous_max:
         evaluate = _time_based_exit_due(st, th)
     return _tuple_new(StepResult, (st, _decide(st, th) if evaluate else _NO_ALERTS, status, None))
 
@@ -371,10 +383,8 @@ class _Onset(NamedTuple):
 def _leak_onset(st: PatientState, facts: _Facts, th: Thresholds, not_before: int,
                 both_after: bool) -> _Onset | None:
     """Earliest (time, hypotension run, Hct finding) pairing of the triad's two deciders."""
-    if not facts.hypotension:
-        return None
-    hcts = facts.hemoconcentrated
-    if not hcts:
+    hcts = facts.hemoconcentrated  # asked first: mostly none, and then no runs are folded
+    if not hcts or not facts.hypotension:
         return None
     window = th.triad_window_h * HOUR_MS
     oldest = st.max_t - th.leak_max_age_h * HOUR_MS
@@ -442,8 +452,7 @@ def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence
 
 def _prodrome(st: PatientState, facts: _Facts, th: Thresholds) -> list[Evidence] | None:
     baseline = facts.weight_baseline or th.default_weight_kg
-    found = weight_gain.confirmed_gain(st.wt, baseline, st.phase_since + 1, th,
-                                       _urine_falling(st, th))
+    found = memo.confirmed_gain(st, baseline, st.phase_since + 1, th, _urine_falling)
     if found is None:
         return None
     at = found[0].observed_at_ms
