@@ -108,12 +108,17 @@ def on_dbp(st: PatientState, obs: Observation, known: int, th: Thresholds) -> Ou
     if sbp is not None and sbp[0] == obs.observed_at_ms and sbp[1] <= obs.value:
         return Rejection("inconsistent", f"DBP {obs.value:g} not below SBP {sbp[1]:g} mmHg at the "
                          "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
-    remember_latest(st, "dbp", obs.observed_at_ms, obs.value)
-    return False, "accepted"
+    return on_other(st, obs, known, th)
 
 
 def on_other(st: PatientState, obs: Observation, known: int, th: Thresholds) -> Outcome:
-    remember_latest(st, obs.kind, obs.observed_at_ms, obs.value)
+    """A kind kept only as its latest reading (by event time), for the evidence."""
+    t = obs.observed_at_ms
+    last = st.last.get(obs.kind)
+    if last is None:
+        st.last[obs.kind] = [t, obs.value]
+    elif t >= last[0]:
+        last[0], last[1] = t, obs.value
     return False, "accepted"
 
 
@@ -197,14 +202,6 @@ def withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thres
     for old in removed:
         remove_baseline(st, kind, t, old, th.baseline_labs_ms)
     return bool(removed)
-
-
-def remember_latest(st: PatientState, kind: str, t: int, value: float) -> None:
-    last = st.last.get(kind)
-    if last is None:
-        st.last[kind] = [t, value]
-    elif t >= last[0]:
-        last[0], last[1] = t, value
 
 
 def fold_old_slots(st: PatientState, keep_from: int, th: Thresholds) -> None:
