@@ -122,10 +122,13 @@ def summarise(args: argparse.Namespace, path: Path, seconds: list[float], rss: l
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000,
+                        help="rows of the generated CSV (default 10,000,000; ~546 MB)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of clsmon replay")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "chunked.json"))
-    parser.add_argument("--data", default=str(ROOT / "bench" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "chunked.json"),
+                        help="where the figures are written (default bench/results/chunked.json)")
+    parser.add_argument("--data", default=str(ROOT / "bench" / "data"),
+                        help="folder of the generated input, built once (default bench/data)")
     args = parser.parse_args()
     load_start = os.getloadavg()
     print(f"load average at start (1/5/15 min): {load_start[0]:.2f} {load_start[1]:.2f} "

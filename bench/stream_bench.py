@@ -314,12 +314,18 @@ def _s(value: float | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=("kafka", "tansu", "both"), default="both")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--patients", type=int, default=20)
-    parser.add_argument("--hours", type=float, default=72.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--engine", choices=("kafka", "tansu", "both"), default="both",
+                        help="broker(s) to measure on (default both: Apache Kafka, then Tansu)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per broker; min / median / max are reported (default 3)")
+    parser.add_argument("--patients", type=int, default=20,
+                        help="simulated patients in the backlog (default 20)")
+    parser.add_argument("--hours", type=float, default=72.0,
+                        help="hours of data per patient in the backlog (default 72)")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="observations/s offered in the latency phase (default 1000)")
+    parser.add_argument("--seconds", type=float, default=30.0,
+                        help="length of the latency phase in seconds (default 30)")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy profile of the first round's worker per broker")
     parser.add_argument("--profile-format", choices=("svg", "txt", "json"), default="svg",
