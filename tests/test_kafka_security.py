@@ -176,8 +176,8 @@ def test_the_worker_may_write_its_inputs_because_it_forwards_misplaced_records()
     partition of the same input topic (streams.worker.outputs.forward): on a locked-down
     cluster the worker's role must hold WRITE on every input, or that forward is refused."""
     names = TopicNames("clsmon.")
-    worker = required_acls(names.prefix)["worker"]
-    writable = {g.name for g in worker if g.resource == "topic" and "WRITE" in g.operations}
+    acls = required_acls(names.prefix)
+    writable = {g.name for g in acls["worker"]
+                if g.resource == "topic" and "WRITE" in g.operations}
     assert set(names.inputs) <= writable
-    gateway = required_acls(names.prefix)["gateway"]
-    assert not any("READ" in g.operations for g in gateway)  # a gateway never reads
+    assert not any("READ" in g.operations for g in acls["gateway"])  # a gateway never reads
