@@ -68,9 +68,20 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
 
 8. **Is a partition caught up?** The ordering merge (``streams.worker.ordering``) may take a
    source for silent only when the broker says so: ``_ConsumerThread.caught_up_at`` is the time
-   of the last fetch response whose highwater the fetch position had reached, once the agent
-   has received the last record handed to Faust. A quiet spell of the agent is no evidence:
-   under a backlog it happens between two fetches (issue 14, item 8).
+   the last fetch REQUEST was sent whose response's highwater the fetch position has reached,
+   once the agent has received the last record handed to Faust. A quiet spell of the agent is
+   no evidence: under a backlog it happens between two fetches (issue 14, item 8).
+   Why the request's time: aiokafka stamps a partition's state with the time it PROCESSED the
+   response (``tp_state.timestamp``, ``Fetcher._proc_fetch_request``), but the broker read the
+   highwater when it built the response, which may be long before on a loaded worker (the
+   response waits in the socket while the Faust thread holds the GIL). Records appended in
+   between have timestamps before aiokafka's stamp, and the merge released later messages of
+   the other topic ahead of them (226 and 448 vitals ``late`` in two runs of
+   ``tests/test_stream_backlog.py`` under load). The broker built the response after the
+   request reached it, so the send time is a safe lower bound: ``_proc_fetch_request`` below
+   keeps, per partition, the highwater of the last response together with its request's send
+   time (one tuple, written at once, so the main thread never reads a highwater with another
+   response's time).
 
 9. **Commit errors after an idle spell.** Faust's livelock check (every 2.5 commit intervals)
    logs ERROR "Has not committed TP(...)" when a partition has records in flight (highwater past
@@ -94,6 +105,8 @@ from typing import Any, cast
 
 import aiokafka
 import faust
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 from prometheus_client import CollectorRegistry, Counter
@@ -106,6 +119,38 @@ _CONSUMER_FETCHING = "FETCHING"  # faust.transport.consumer.CONSUMER_FETCHING
 
 #: Faust's own value, kept when --fetch-wait-ms is not given
 FAUST_FETCH_WAIT_MS = 1500
+
+
+#: aiokafka's own ``Fetcher._proc_fetch_request``, wrapped by ``_proc_fetch_request``
+_AIOKAFKA_PROC_FETCH_REQUEST = aiokafka_fetcher.Fetcher._proc_fetch_request
+
+
+async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request: Any) -> Any:
+    """aiokafka's fetch round trip, then, for every partition whose state this response
+    updated, ``(highwater, send time in ms)`` in ``self.clsmon_fetch_basis[tp]`` (8. in the
+    module doc). A response that did not update a partition (an error, a position that moved
+    meanwhile) leaves its previous basis in place, which is only older: safe."""
+    sent_ms = int(1000 * time.time())
+    tps = [TopicPartition(topic, partition)
+           for topic, partitions in request.topics for partition, *_ in partitions]
+    before = {tp: _stamp(assignment, tp) for tp in tps}
+    result = await _AIOKAFKA_PROC_FETCH_REQUEST(self, assignment, node_id, request)
+    basis = self.__dict__.setdefault("clsmon_fetch_basis", {})
+    for tp in tps:
+        state = assignment.state_value(tp)
+        if state is not None and state.timestamp is not None and state.timestamp != before[tp]:
+            basis[tp] = (state.highwater, sent_ms)
+    return result
+
+
+def install_fetch_basis() -> None:
+    """Make aiokafka's fetcher keep ``clsmon_fetch_basis`` (8. in the module doc; idempotent)."""
+    aiokafka_fetcher.Fetcher._proc_fetch_request = _proc_fetch_request  # type: ignore[method-assign]
+
+
+def _stamp(assignment: Any, tp: Any) -> int | None:
+    state = assignment.state_value(tp)
+    return None if state is None else cast("int | None", state.timestamp)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -138,13 +183,19 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
         "Nothing beyond": the fetch position has reached the highwater the broker
         reported in that response, and the agent has the last record handed to Faust since
-        the partition's last seek (offsets in between hold no record: markers, 7.).
+        the partition's last seek (offsets in between hold no record: markers, 7.). The time
+        is when that response's request was sent (8. in the module doc).
         """
         state = self._tp_state(tp)
         if state is None:
             return None
-        highwater, position, at = state.highwater, state._position, state.timestamp
-        if highwater is None or position is None or at is None or position < highwater:
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        basis = getattr(fetcher, "clsmon_fetch_basis", {}).get(tp)
+        if basis is None:
+            return None
+        highwater, at = basis
+        position = state._position
+        if highwater is None or position is None or position < highwater:
             return None
         last = self.last_handed.get(tp)
         if last is not None and (received_next is None or received_next <= last):
@@ -468,6 +519,7 @@ def install(app: faust.App, fetch_wait_ms: int | None = None) -> None:
     """Use the corrected consumer in ``app`` (and aiokafka's record parsing corrected by
     ``streams.kafka.records``); call before the app starts."""
     records.install()
+    install_fetch_basis()
     _ConsumerThread.fetch_max_wait_ms = (FAUST_FETCH_WAIT_MS if fetch_wait_ms is None
                                          else fetch_wait_ms)
     app.transport = _Transport(app.conf.broker_consumer, app)
