@@ -579,14 +579,14 @@ def _recovery_onset(st: PatientState, facts: _Facts, th: Thresholds) -> Alert | 
             Evidence("blood_pressure_recovered", sbp[1], "mmHg",
                      f"SBP > {th.recovery_sbp_mmhg:g} held >= {th.recovery_hold_min:g} min "
                      f"(since {since})", int(sbp[0]), facts.sbp_baseline,
-                     f"SBP {sbp[1]:g} mmHg (> {th.recovery_sbp_mmhg:g} held "
+                     f"SBP {sbp[1]:.0f} mmHg (> {th.recovery_sbp_mmhg:g} held "
                      f"{th.recovery_hold_min:g} min since {since}, not on a vasopressor that "
                      "is not weaning)", int(run[bp.H_QA])),
             Evidence("hematocrit_falling", reading[1], "%",
-                     f">= {th.hct_fall_points:g} points below the episode peak ({peak:g} %)",
+                     f">= {th.hct_fall_points:g} points below the episode peak ({peak:.1f} %)",
                      int(reading[0]), peak,
-                     f"Hct {reading[1]:g} % ({peak - reading[1]:.1f} points below the episode "
-                     f"peak {peak:g} %)", known_at(reading))]
+                     f"Hct {reading[1]:.1f} % ({peak - reading[1]:.1f} points below the episode "
+                     f"peak {peak:.1f} %)", known_at(reading))]
         polyuria = _flow_evidence(st, facts, st.leak_since, th, polyuria=True)
         if polyuria is not None and polyuria.observed_at_ms <= at:
             evidence.append(polyuria)

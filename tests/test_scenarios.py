@@ -286,3 +286,17 @@ def test_a_reading_too_late_for_the_hypotension_rule_is_counted_for_the_patient_
     assert [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in in_order] == \
         [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in alerts]
     assert all(e.criterion != "late_bp_readings" for a in in_order for e in a.evidence)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_evidence_text_shows_numbers_as_a_clinician_charts_them(seed):
+    """Simulated (and interpolated) values carry many decimals: a text must round them like a
+    chart does (pressure to the mmHg, hematocrit to 0.1 %), never "SBP 116.021 mmHg"."""
+    import re
+
+    _, alerts, _ = sim("scls", seed)
+    texts = [e.text for a in alerts for e in a.evidence]
+    assert any("Hematocrit" in t or "Hct" in t for t in texts)
+    over_precise = [t for t in texts
+                    if re.search(r"(?:SBP|MAP|DBP) \d+\.\d", t) or re.search(r"\d+\.\d\d+ %", t)]
+    assert over_precise == []
