@@ -339,7 +339,13 @@ def test_a_partition_is_caught_up_only_once_fetched_to_the_highwater_and_receive
         await client.start()
         # the real class, without Faust's thread machinery: only what the reads use
         thread: Any = object.__new__(clsmon_consumer._ConsumerThread)
-        thread._consumer, thread.last_handed = client, {}
+        thread._consumer, thread.last_handed, thread.handed, thread.seeks = client, {}, {}, {}
+
+        async def hand_out() -> Any:  # what _fetch_records does around Faust's fetch
+            seeks = dict(thread.seeks)
+            batch = await client.getmany(tp, timeout_ms=5000)
+            thread.note_handed(batch, [tp], seeks)
+            return batch
 
         def caught_up_at(thread: Any, tp: Any, received_next: int | None) -> int | None:
             return thread.caught_up_at(tp, received_next)  # type: ignore[no-any-return]
@@ -351,14 +357,17 @@ def test_a_partition_is_caught_up_only_once_fetched_to_the_highwater_and_receive
             assert tp_state(thread, aiokafka.TopicPartition(topic, 1)) is None  # not assigned
             client.seek(tp, 2)
             assert caught_up_at(thread, tp, None) is None  # nothing fetched: unknown
-            batch = await client.getmany(tp, timeout_ms=5000)
-            thread.last_handed[tp] = batch[tp][-1].offset
+            await hand_out()
             assert client.highwater(tp) == 6 and await client.position(tp) < 6
             assert caught_up_at(thread, tp, 6) is None  # more on the broker
+            # aiokafka has moved its position to the highwater but the records are not
+            # handed out yet (another thread asks in between): not caught up
+            await client.getmany(tp, timeout_ms=5000)
+            assert await client.position(tp) == 6 and thread.last_handed[tp] < 4
+            assert caught_up_at(thread, tp, thread.last_handed[tp] + 1) is None
+            client.seek(tp, 4)
             while await client.position(tp) < 6:
-                batch = await client.getmany(tp, timeout_ms=5000)
-                if batch:
-                    thread.last_handed[tp] = batch[tp][-1].offset
+                await hand_out()
             assert thread.last_handed[tp] == 5
             assert caught_up_at(thread, tp, 5) is None  # the agent has not received 5 yet
             at = caught_up_at(thread, tp, 6)

@@ -145,7 +145,7 @@ async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request:
 
 def install_fetch_basis() -> None:
     """Make aiokafka's fetcher keep ``clsmon_fetch_basis`` (8. in the module doc; idempotent)."""
-    aiokafka_fetcher.Fetcher._proc_fetch_request = _proc_fetch_request  # type: ignore[method-assign]
+    aiokafka_fetcher.Fetcher._proc_fetch_request = _proc_fetch_request
 
 
 def _stamp(assignment: Any, tp: Any) -> int | None:
@@ -163,18 +163,48 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         #: per stream partition, the offset of the last record handed to Faust since the
         #: partition's last seek (8. in the module doc)
         self.last_handed: dict[Any, int] = {}
+        #: per stream partition, ``(last record handed, fetch position)`` as of the end of the
+        #: last ``_fetch_records``, one tuple written at once: aiokafka moves the position
+        #: while it hands records out, before ``last_handed`` can follow (8.)
+        self.handed: dict[Any, tuple[int | None, int | None]] = {}
+        #: per partition, how many seeks so far: a fetch that straddles a seek records nothing
+        self.seeks: dict[Any, int] = {}
         super().__init__(*args, **kwargs)
+
+    def forget(self, tp: Any | None = None) -> None:
+        """A seek of ``tp`` (of every partition when None): what was handed before it is read
+        again, so nothing recorded about it holds any more."""
+        tps = list(self.handed.keys() | self.last_handed.keys() | self.seeks.keys()) \
+            if tp is None else [tp]
+        for one in tps:
+            self.seeks[one] = self.seeks.get(one, 0) + 1
+            self.last_handed.pop(one, None)
+            self.handed.pop(one, None)
 
     async def _fetch_records(self, consumer: Any, active_partitions: Any,
                              timeout: float | None = None,
                              max_records: int | None = None) -> Any:
+        seeks = dict(self.seeks)
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
                                                max_records=max_records)
-        last = self.last_handed
-        for tp, batch in records.items():
-            if batch:
-                last[tp] = batch[-1].offset
+        self.note_handed(records, active_partitions, seeks)
         return records
+
+    def note_handed(self, records: Mapping[Any, Any], partitions: Any,
+                    seeks_before: Mapping[Any, int]) -> None:
+        """After aiokafka handed ``records`` out of ``partitions``: the last offset handed
+        and the fetch position, per partition, for ``caught_up_at``; nothing for a partition
+        sought since ``seeks_before`` (a copy of ``seeks`` taken before the fetch)."""
+        last, handed, now = self.last_handed, self.handed, self.seeks
+        for tp, batch in records.items():
+            if batch and now.get(tp, 0) == seeks_before.get(tp, 0):
+                last[tp] = batch[-1].offset
+        for tp in partitions:
+            if now.get(tp, 0) != seeks_before.get(tp, 0):
+                handed.pop(tp, None)
+                continue
+            state = self._tp_state(tp)
+            handed[tp] = (last.get(tp), None if state is None else state._position)
 
     def caught_up_at(self, tp: Any, received_next: int | None) -> int | None:
         """Wall clock (ms) of the last fetch response that showed ``tp`` holding nothing
@@ -184,20 +214,18 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         "Nothing beyond": the fetch position has reached the highwater the broker
         reported in that response, and the agent has the last record handed to Faust since
         the partition's last seek (offsets in between hold no record: markers, 7.). The time
-        is when that response's request was sent (8. in the module doc).
+        is when that response's request was sent; the position and the last record handed are
+        the pair ``note_handed`` recorded together, never aiokafka's live position, which
+        moves before the records it stands for are handed out (8. in the module doc).
         """
-        state = self._tp_state(tp)
-        if state is None:
-            return None
         fetcher = getattr(self._consumer, "_fetcher", None)
         basis = getattr(fetcher, "clsmon_fetch_basis", {}).get(tp)
-        if basis is None:
+        handed = self.handed.get(tp)
+        if basis is None or handed is None:
             return None
-        highwater, at = basis
-        position = state._position
+        (highwater, at), (last, position) = basis, handed
         if highwater is None or position is None or position < highwater:
             return None
-        last = self.last_handed.get(tp)
         if last is not None and (received_next is None or received_next <= last):
             return None
         return int(at)
@@ -238,7 +266,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         changelogs = self.app.tables.changelog_topics
         committed: dict[Any, int] = {}
         uncommitted = []
-        self.last_handed.clear()  # records handed before the seek are read again
+        self.forget()  # records handed before the seek are read again
         for tp in consumer.assignment():
             offset = await consumer.committed(tp)
             committed[tp] = offset
@@ -381,9 +409,10 @@ class _Consumer(faust_aiokafka.Consumer):
         return offset
 
     async def seek(self, partition: Any, offset: int) -> None:
+        self._our_thread.forget(partition)  # a fetch under way records nothing
         await super().seek(partition, offset)
         self._expect[partition] = offset
-        self._our_thread.last_handed.pop(partition, None)
+        self._our_thread.forget(partition)  # nor one that ended before the seek took effect
 
     def _to_message(self, tp: Any, record: Any) -> Any:
         message = super()._to_message(tp, record)
