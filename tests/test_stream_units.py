@@ -70,6 +70,17 @@ def test_a_timestamp_ahead_of_the_arrival_is_clamped_to_it() -> None:
     assert m.pop_ready(10_400, caught_up.get) == ["future", "next"]
 
 
+def test_a_small_lead_keeps_the_order_the_producer_gave() -> None:
+    """A producer stamping strictly increasing ms runs a few ms ahead of its clock in a burst;
+    the lab it sent after a vital reaches the worker first. Clamping both to their arrival
+    would release the lab first and make the vital late."""
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    assert not m.push("l", 1_011, 0, "lab", now_ms=999)
+    assert not m.push("v", 1_010, 0, "vital", now_ms=1_000)
+    caught_up = {"p": 1_400, "l": 1_400, "v": 1_400}
+    assert m.pop_ready(1_400, caught_up.get) == ["vital", "lab"]
+
+
 def test_merge_ties_follow_source_rank() -> None:
     m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=10_000)
     m.push("p", 4, 0, "ctx4", 10_000)

@@ -26,11 +26,14 @@ A partition whose highwater is ahead of what the worker received is never silent
 the pause: under a backlog (and after a restart with one) the merge is exact, whatever the
 timing, for any feed whose order within each topic is the arrival order.
 
-A producer timestamp ahead of the message's arrival at this worker (a gateway with a skewed
-clock) is **clamped** to its arrival time (``push`` says so when it was ahead by more than the
-grace; the worker counts it): a message
-dated a day ahead would otherwise be held, with everything behind it in the commit, until the
-wall clock reached it.
+A producer timestamp ahead of the message's arrival at this worker by more than ``grace_ms`` (a
+gateway with a skewed clock) is **clamped** to its arrival time (``push`` says so; the worker
+counts it): a message dated a day ahead would otherwise be held, with everything behind it in
+the commit, until the wall clock reached it. A lead within the grace (two machines' clocks a
+few ms apart, or a producer stamping strictly increasing ms a little ahead of its clock) is
+kept as it is: it holds the message at most that long, whereas clamping it would order the
+sources by when the worker happened to receive them (a lab received before the vital sent just
+ahead of it would be released first).
 
 Pure: no Kafka, no clock reads (callers pass ``now_ms`` and the probe), so it is tested without a
 broker. Without a probe (tests of the detector alone) a source counts as caught up once it has
@@ -73,11 +76,11 @@ class PartitionMerge(Generic[T]):
 
     def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> bool:
         """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
-        at ``now_ms``. A timestamp in the future is clamped to ``now_ms``; returns True when it
-        was ahead by more than ``grace_ms`` (a skewed clock, worth counting; a few ms are the
-        jitter between two machines' clocks)."""
+        at ``now_ms``. A timestamp ahead of ``now_ms`` by more than ``grace_ms`` is clamped to
+        ``now_ms`` and True returned (a skewed clock, worth counting); a smaller lead is kept
+        (the jitter between two machines' clocks; see the module doc)."""
         ahead = ts_ms - now_ms
-        if ahead > 0:
+        if ahead > self._grace:
             ts_ms = now_ms
         heapq.heappush(self._heap, (ts_ms, self._rank[source], offset, next(self._seq), item))
         if ts_ms > self._last_ts[source]:
