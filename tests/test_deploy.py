@@ -63,7 +63,7 @@ def test_prometheus_config_and_rules_pass_promtool():
     check = subprocess.run([promtool, "check", "config", "prometheus.yml"], capture_output=True,
                            text=True, cwd=DEPLOY / "prometheus")
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "9 rules found" in check.stdout
+    assert "10 rules found" in check.stdout
 
 
 def test_alert_rules_fire_and_stay_quiet_as_their_unit_tests_say():

@@ -81,6 +81,19 @@ def test_a_small_lead_keeps_the_order_the_producer_gave() -> None:
     assert m.pop_ready(1_400, caught_up.get) == ["vital", "lab"]
 
 
+def test_a_message_arriving_after_a_later_one_was_released_is_flagged_behind() -> None:
+    """A producer whose record reached the log more than the grace after its timestamp: the
+    merge cannot undo the release, but it says so (the worker counts it for ops)."""
+    from streams.worker.ordering import Arrival
+
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    assert m.push("l", 1_000, 0, "lab", now_ms=1_001) == Arrival(0)
+    assert m.pop_ready(1_400, {"p": 1_400, "v": 1_400}.get) == ["lab"]
+    assert m.push("v", 999, 0, "vital", now_ms=1_500) == Arrival.BEHIND
+    assert m.push("v", 1_000, 1, "vital2", now_ms=1_500) == Arrival(0)
+    assert m.push("v", 90_000, 2, "skewed", now_ms=1_500) == Arrival.CLAMPED
+
+
 def test_merge_ties_follow_source_rank() -> None:
     m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=10_000)
     m.push("p", 4, 0, "ctx4", 10_000)

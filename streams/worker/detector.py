@@ -39,7 +39,7 @@ from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
 from streams.worker.ingest import INTERVENTION, Mapped, Refused, ingest
 from streams.worker.metrics import Metrics
-from streams.worker.ordering import PartitionMerge
+from streams.worker.ordering import Arrival, PartitionMerge
 from streams.worker.outputs import Outputs
 from streams.worker.store import StateStore
 
@@ -113,8 +113,13 @@ class Detector:
                     return
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(msg.partition, now)
-            if merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item, int(now * 1000)):
-                self.metrics.future_timestamps.labels(msg.topic).inc()
+            arrival = merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item,
+                                 int(now * 1000))
+            if arrival:
+                if arrival & Arrival.CLAMPED:
+                    self.metrics.future_timestamps.labels(msg.topic).inc()
+                if arrival & Arrival.BEHIND:
+                    self.metrics.merged_behind.labels(msg.topic).inc()
             self._release(msg.partition, now)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)

@@ -54,6 +54,14 @@ class Metrics:
             "by more than the ordering grace (a skewed producer clock); merged at their "
             "arrival time instead", ["topic"],
             registry=r)
+        self.merged_behind = Counter(
+            "clsmon_merged_behind",
+            "Input messages that arrived after the arrival-order merge had released a message "
+            "of their partition with a later producer timestamp: they reached the log more "
+            "than the ordering grace (--grace-ms) after their timestamp; processed, but their "
+            "readings may be late for the patient (shown on the patient's alerts). Should stay "
+            "0; if not, the producers need a longer grace", ["topic"],
+            registry=r)
         self.forwarded = Counter(
             "clsmon_forwarded",
             "Input records found on a partition other than the one their key hashes to (a "

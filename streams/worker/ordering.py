@@ -24,7 +24,12 @@ observations into a running worker then had labs released ahead of the vitals be
 2,438 vitals counted ``late`` and 4 to 11 of the replay's alerts, a different number each run.
 A partition whose highwater is ahead of what the worker received is never silent, however long
 the pause: under a backlog (and after a restart with one) the merge is exact, whatever the
-timing, for any feed whose order within each topic is the arrival order.
+timing, for any feed whose order within each topic is the arrival order and whose records reach
+the log within ``grace_ms`` of their timestamp. No consumer can know of a record not yet in the
+log (Kafka Streams makes the same bargain: KIP-695, ``max.task.idle.ms``); a message that
+arrives after a later one was released is counted (``Arrival.BEHIND``), so a grace too short
+for the producers is visible to ops, and its readings, if late for the patient, are shown on
+the patient's alerts.
 
 A producer timestamp ahead of the message's arrival at this worker by more than ``grace_ms`` (a
 gateway with a skewed clock) is **clamped** to its arrival time (``push`` says so; the worker
@@ -42,6 +47,7 @@ delivered nothing for ``grace_ms``, the old rule.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
@@ -52,6 +58,16 @@ _NEVER = -(2**62)
 
 #: ``caught_up(source) -> ms or None``: when the source was last seen to hold nothing more
 CaughtUp = Callable[[str], "int | None"]
+
+
+class Arrival(enum.IntFlag):
+    """What ``PartitionMerge.push`` noticed about a message (falsy when nothing)."""
+
+    #: its timestamp was ahead of its arrival by more than the grace: clamped to the arrival
+    CLAMPED = 1
+    #: a message with a later timestamp had already been released: this one reached the log
+    #: (or the worker) more than the grace after its timestamp, so it is merged late
+    BEHIND = 2
 
 
 class PartitionMerge(Generic[T]):
@@ -70,23 +86,29 @@ class PartitionMerge(Generic[T]):
         self._last_ts = dict.fromkeys(sources, _NEVER)
         self._last_seen = dict.fromkeys(sources, now_ms)
         self._seq = itertools.count()
+        self._released = _NEVER  # the latest timestamp released so far
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> bool:
+    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> Arrival:
         """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
         at ``now_ms``. A timestamp ahead of ``now_ms`` by more than ``grace_ms`` is clamped to
-        ``now_ms`` and True returned (a skewed clock, worth counting); a smaller lead is kept
-        (the jitter between two machines' clocks; see the module doc)."""
-        ahead = ts_ms - now_ms
-        if ahead > self._grace:
+        ``now_ms`` (``Arrival.CLAMPED``: a skewed clock, worth counting); a smaller lead is kept
+        (the jitter between two machines' clocks; see the module doc). ``Arrival.BEHIND``: a
+        later message was already released, the grace did not cover this one's way to the
+        log (worth counting: its readings may be late for the patient)."""
+        arrival = Arrival(0)
+        if ts_ms - now_ms > self._grace:
             ts_ms = now_ms
+            arrival |= Arrival.CLAMPED
+        if ts_ms < self._released:
+            arrival |= Arrival.BEHIND
         heapq.heappush(self._heap, (ts_ms, self._rank[source], offset, next(self._seq), item))
         if ts_ms > self._last_ts[source]:
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
-        return ahead > self._grace
+        return arrival
 
     def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
@@ -98,7 +120,10 @@ class PartitionMerge(Generic[T]):
         if caught_up is None:
             caught_up = self._quiet_since(now_ms)
         while heap and self._may_release(heap[0][0], heap[0][1], caught_up):
-            out.append(heapq.heappop(heap)[4])
+            entry = heapq.heappop(heap)
+            if entry[0] > self._released:
+                self._released = entry[0]
+            out.append(entry[4])
         return out
 
     def drain(self) -> list[T]:
