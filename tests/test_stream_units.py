@@ -87,11 +87,15 @@ def test_a_message_arriving_after_a_later_one_was_released_is_flagged_behind() -
     from streams.worker.ordering import Arrival
 
     m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
-    assert m.push("l", 1_000, 0, "lab", now_ms=1_001) == Arrival(0)
+    assert m.push("l", 1_000, 0, "lab", now_ms=1_001, key="ann") == Arrival(0)
     assert m.pop_ready(1_400, {"p": 1_400, "v": 1_400}.get) == ["lab"]
-    assert m.push("v", 999, 0, "vital", now_ms=1_500) == Arrival.BEHIND
-    assert m.push("v", 1_000, 1, "vital2", now_ms=1_500) == Arrival(0)
-    assert m.push("v", 90_000, 2, "skewed", now_ms=1_500) == Arrival.CLAMPED
+    assert m.push("v", 999, 0, "vital", now_ms=1_500, key="ann") == Arrival.BEHIND
+    assert m.push("v", 1_000, 1, "vital2", now_ms=1_500, key="ann") == Arrival(0)
+    # another patient's stamps interleave with Ann's by a few ms: no concern of hers
+    assert m.push("v", 998, 2, "bob", now_ms=1_500, key="bob") == Arrival(0)
+    # but anyone's message an hour behind the merge is
+    assert m.push("v", 1_000 - 3_600_001, 3, "eve", now_ms=1_500, key="eve") == Arrival.BEHIND
+    assert m.push("v", 90_000, 4, "skewed", now_ms=1_500, key="ann") == Arrival.CLAMPED
 
 
 def test_merge_ties_follow_source_rank() -> None:

@@ -114,7 +114,7 @@ class Detector:
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(msg.partition, now)
             arrival = merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item,
-                                 int(now * 1000))
+                                 int(now * 1000), event.key)
             if arrival:
                 if arrival & Arrival.CLAMPED:
                     self.metrics.future_timestamps.labels(msg.topic).inc()

@@ -55,6 +55,11 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _NEVER = -(2**62)
+#: how long a patient's latest released timestamp is remembered (1 h: a message arriving later
+#: than that behind the partition's merge is flagged whoever it belongs to), and how many
+#: patients a partition remembers before forgetting the old ones
+_KEY_MEMORY_MS = 3_600_000
+_KEYS_BEFORE_PRUNING = 4_096
 
 #: ``caught_up(source) -> ms or None``: when the source was last seen to hold nothing more
 CaughtUp = Callable[[str], "int | None"]
@@ -82,29 +87,36 @@ class PartitionMerge(Generic[T]):
     def __init__(self, sources: Sequence[str], grace_ms: int, now_ms: int) -> None:
         self._rank = {s: i for i, s in enumerate(sources)}
         self._grace = grace_ms
-        self._heap: list[tuple[int, int, int, int, T]] = []
+        self._heap: list[tuple[int, int, int, int, object, T]] = []
         self._last_ts = dict.fromkeys(sources, _NEVER)
         self._last_seen = dict.fromkeys(sources, now_ms)
         self._seq = itertools.count()
         self._released = _NEVER  # the latest timestamp released so far
+        self._released_by_key: dict[object, int] = {}  # ... per key (patient), recent ones
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int) -> Arrival:
+    def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int,
+             key: object = None) -> Arrival:
         """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
         at ``now_ms``. A timestamp ahead of ``now_ms`` by more than ``grace_ms`` is clamped to
         ``now_ms`` (``Arrival.CLAMPED``: a skewed clock, worth counting); a smaller lead is kept
         (the jitter between two machines' clocks; see the module doc). ``Arrival.BEHIND``: a
-        later message was already released, the grace did not cover this one's way to the
+        later message of the same ``key`` (the patient: only one patient's order matters, and
+        a producer stamps each patient's messages in increasing order, not the whole
+        partition's) was already released, so the grace did not cover this one's way to the
         log (worth counting: its readings may be late for the patient)."""
         arrival = Arrival(0)
         if ts_ms - now_ms > self._grace:
             ts_ms = now_ms
             arrival |= Arrival.CLAMPED
-        if ts_ms < self._released:
+        released = self._released_by_key.get(key)
+        if (ts_ms < released if released is not None
+                else ts_ms < self._released - _KEY_MEMORY_MS):
             arrival |= Arrival.BEHIND
-        heapq.heappush(self._heap, (ts_ms, self._rank[source], offset, next(self._seq), item))
+        heapq.heappush(self._heap,
+                       (ts_ms, self._rank[source], offset, next(self._seq), key, item))
         if ts_ms > self._last_ts[source]:
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
@@ -119,16 +131,27 @@ class PartitionMerge(Generic[T]):
         heap = self._heap
         if caught_up is None:
             caught_up = self._quiet_since(now_ms)
+        by_key = self._released_by_key
         while heap and self._may_release(heap[0][0], heap[0][1], caught_up):
-            entry = heapq.heappop(heap)
-            if entry[0] > self._released:
-                self._released = entry[0]
-            out.append(entry[4])
+            ts, _, _, _, key, item = heapq.heappop(heap)
+            if ts > self._released:
+                self._released = ts
+            if ts > by_key.get(key, _NEVER):
+                by_key[key] = ts
+            out.append(item)
+        if len(by_key) > _KEYS_BEFORE_PRUNING:
+            self._forget_old_keys()
         return out
+
+    def _forget_old_keys(self) -> None:
+        """Keys released longer than ``_KEY_MEMORY_MS`` before the newest release: a message
+        of theirs that far behind is flagged anyway (bounded memory over months of patients)."""
+        floor = self._released - _KEY_MEMORY_MS
+        self._released_by_key = {k: ts for k, ts in self._released_by_key.items() if ts >= floor}
 
     def drain(self) -> list[T]:
         """Everything buffered, in order (used when a partition is given up)."""
-        out = [entry[4] for entry in sorted(self._heap)]
+        out = [entry[5] for entry in sorted(self._heap, key=lambda e: e[:4])]
         self._heap.clear()
         return out
 
