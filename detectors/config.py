@@ -228,6 +228,7 @@ class Thresholds:
     panel_ms: int = field(init=False, repr=False, compare=False, default=0)
     #: the hour windows the hot path asks for at every reading or decision, as ``ms(hours)``
     #: (whole milliseconds), so that no call converts them again
+    baseline_vitals_ms: int = field(init=False, repr=False, compare=False, default=0)
     baseline_labs_ms: int = field(init=False, repr=False, compare=False, default=0)
     baseline_max_age_ms: int = field(init=False, repr=False, compare=False, default=0)
     run_retention_ms: int = field(init=False, repr=False, compare=False, default=0)
@@ -251,9 +252,10 @@ class Thresholds:
             "bp_gap_ms": int(self.hypotension_gap_min * MIN_MS),
             "panel_ms": int(self.panel_min * MIN_MS),
         }
-        for name in ("baseline_labs", "baseline_max_age", "run_retention", "transfusion_window",
-                     "hct_spike_window", "hct_spike_wait", "triad_window", "future_tolerance",
-                     "stay_gap", "albumin_infusion_window", "pressor_open", "pressor_weaning"):
+        for name in ("baseline_vitals", "baseline_labs", "baseline_max_age", "run_retention",
+                     "transfusion_window", "hct_spike_window", "hct_spike_wait", "triad_window",
+                     "future_tolerance", "stay_gap", "albumin_infusion_window", "pressor_open",
+                     "pressor_weaning"):
             derived[f"{name}_ms"] = self.ms(getattr(self, f"{name}_h"))
         for name, value in derived.items():
             object.__setattr__(self, name, value)

@@ -40,28 +40,36 @@ Handler = Callable[[PatientState, Observation, int, Thresholds], Outcome]
 
 
 def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) -> Outcome:
-    t, value, kind = obs.observed_at_ms, obs.value, obs.kind
-    sbp_baseline = None
-    if kind == "sbp":
+    """An SBP or MAP reading: tallied into its 5-minute slot (``criteria.hypotension``); an SBP
+    also enters the running baseline (first ``baseline_vitals_h``, normal readings only) and is
+    kept as the latest SBP. A decision may have changed when the slot's class changed, while a
+    low run grows outside a leak, or while a recovered run grows in a leak."""
+    t = obs.observed_at_ms
+    value = obs.value
+    if obs.kind == "sbp":
         last = st.last
         dbp = last.get("dbp")
         if dbp is not None and dbp[0] == t and value <= dbp[1]:
             return Rejection("inconsistent", f"SBP {value:g} not above DBP {dbp[1]:g} mmHg at the "
                              "same time (docs/clinical-criteria.md: SBP must exceed DBP): artefact")
         b = st.bl.get("sbp")
-        window = th.baseline_vitals_h * HOUR_MS
+        window = th.baseline_vitals_ms
         # a hypotensive reading is never a baseline
         if (b is None or t - b[0] <= window) and value > th.sbp_low_mmhg:
-            add_baseline(st, "sbp", t, value, int(window))
+            add_baseline(st, "sbp", t, value, window)
             b = st.bl.get("sbp")  # none yet when the first episode began before a normal SBP
         latest = last.get("sbp")
         if latest is None:
             last["sbp"] = [t, value]
         elif t >= latest[0]:
             latest[0], latest[1] = t, value
-        if (b is not None and b[1] >= th.baseline_min_vitals
-                and t - b[0] <= th.baseline_max_age_h * HOUR_MS):
-            sbp_baseline = b[2] / b[1]
+        sbp_baseline = b[2] / b[1] if (
+            b is not None and b[1] >= th.baseline_min_vitals
+            and t - b[0] <= th.baseline_max_age_ms) else None
+        measure, low, high = bp.SBP_N, bp.sbp_low(value, sbp_baseline, th), \
+            value > th.recovery_sbp_mmhg
+    else:
+        measure, low, high = bp.MAP_N, value < th.map_low_mmhg, False
     slot_ms = th.bp_slot_ms
     s = t // slot_ms
     horizon = th.bp_horizon_slots
@@ -77,9 +85,9 @@ def on_pressure(st: PatientState, obs: Observation, known: int, th: Thresholds) 
         # about the runs changes but their length
         earlier = slots.get(s - 1)
         before = earlier[bp.CLS] if earlier is not None else -1
-        after = bp.add_reading(slot, kind, value, t, sbp_baseline, th, known)[1]
     else:
-        before, after = bp.add_reading(slot, kind, value, t, sbp_baseline, th, known)
+        before = slot[bp.CLS]
+    after = bp.tally(slot, measure, value, t, low, high, known)
     if len(slots) > horizon + 1:
         fold_old_slots(st, newest - horizon, th)
     # a low run growing matters while a leak (or a relapse) may begin; a recovered run growing

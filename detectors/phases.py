@@ -132,19 +132,17 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
         fingerprint = hash((code, t, obs.value))
         if fingerprint in st.seen:
             return _tuple_new(StepResult, (st, _NO_ALERTS, "duplicate", None))
-    previous_max, previous_near = st.max_t, st.near
-    if previous_max and not previous_max - _NEAR_BEHIND_MS <= t <= previous_max + _NEAR_AHEAD_MS:
-        verdict = check_time(st, t, th)  # far from the horizon: is it plausible?
-        if verdict.__class__ is Rejection:
-            return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", verdict))
-        if verdict == NEW_STAY:
-            reset_stay(st)
-            previous_max, previous_near = st.max_t, st.near
-    if previous_near == 2 and previous_max and previous_max < t <= previous_max + \
-            th.future_tolerance_ms:
-        st.max_t = t  # the usual reading: the horizon moves on, its support stays
-    elif t > previous_max or previous_near < 2:
-        advance_horizon(st, t, th)
+    previous_max = st.max_t
+    ahead = t - previous_max
+    if (previous_max and st.near == 2 and 0 <= ahead <= _NEAR_AHEAD_MS
+            and ahead <= th.future_tolerance_ms):
+        previous_near = 2
+        st.max_t = t  # the usual reading: the horizon moves on (or stays), its support stays
+    else:
+        moved = _horizon(st, t, th)
+        if isinstance(moved, Rejection):
+            return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", moved))
+        previous_max, previous_near = moved
     available = obs.available_at_ms
     known = available if available is not None and available > t else t
     if st.arrived > known:
@@ -177,6 +175,27 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     if not evaluate and phase != "none" and st.max_t > previous_max:
         evaluate = _time_based_exit_due(st, th)
     return _tuple_new(StepResult, (st, _decide(st, th) if evaluate else _NO_ALERTS, status, None))
+
+
+def _horizon(st: PatientState, t: int, th: Thresholds) -> tuple[int, int] | Rejection:
+    """Fold the time of a reading other than the usual one (at or just after a horizon that a
+    second reading supports) into the patient's horizon, after checking a time far from it
+    (``plausibility.check_time``). Returns the horizon and its support before the reading (after
+    a new stay: the fresh state's), or the ``bad_time`` Rejection of a refused time."""
+    previous_max, previous_near = st.max_t, st.near
+    if previous_max and not previous_max - _NEAR_BEHIND_MS <= t <= previous_max + _NEAR_AHEAD_MS:
+        verdict = check_time(st, t, th)  # far from the horizon: is it plausible?
+        if isinstance(verdict, Rejection):
+            return verdict
+        if verdict == NEW_STAY:
+            reset_stay(st)
+            previous_max, previous_near = st.max_t, st.near
+    if previous_near == 2 and previous_max and previous_max < t <= previous_max + \
+            th.future_tolerance_ms:
+        st.max_t = t
+    elif t > previous_max or previous_near < 2:
+        advance_horizon(st, t, th)
+    return previous_max, previous_near
 
 
 def flush(state: PatientState, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Alert]:

@@ -46,45 +46,63 @@ def add_reading(slot: list[float], kind: str, value: float, t: int, sbp_baseline
                 th: Thresholds, available: int = 0) -> tuple[int, int]:
     """Tally one SBP or MAP reading into its slot; return its class (before, after).
     ``available``: when the reading became known (0 = at ``t``)."""
+    before = int(slot[CLS])
     if kind == "sbp":
-        low = value <= th.sbp_low_mmhg or (
-            sbp_baseline is not None and sbp_baseline - value >= th.sbp_fall_mmhg)
-        slot[SBP_N] += 1
-        if low:
-            slot[SBP_LOW] += 1
-        elif value > th.recovery_sbp_mmhg:
-            slot[SBP_HIGH] += 1
-            if available > slot[HIGH_AV] or t > slot[HIGH_AV]:
-                slot[HIGH_AV] = max(available, t)
-        if value < slot[MIN_SBP]:
-            slot[MIN_SBP] = value
+        after = tally(slot, SBP_N, value, t, sbp_low(value, sbp_baseline, th),
+                      value > th.recovery_sbp_mmhg, available)
     else:
-        low = value < th.map_low_mmhg
-        slot[MAP_N] += 1
-        if low:
-            slot[MAP_LOW] += 1
-        if value < slot[MIN_MAP]:
-            slot[MIN_MAP] = value
+        after = tally(slot, MAP_N, value, t, value < th.map_low_mmhg, False, available)
+    return before, after
+
+
+def sbp_low(value: float, sbp_baseline: float | None, th: Thresholds) -> bool:
+    """An SBP reading is low at <= 90 mmHg, or >= 40 mmHg below the patient's baseline."""
+    return value <= th.sbp_low_mmhg or (
+        sbp_baseline is not None and sbp_baseline - value >= th.sbp_fall_mmhg)
+
+
+def tally(slot: list[float], measure: int, value: float, t: int, low: bool, high: bool,
+          available: int) -> int:
+    """``add_reading`` once the reading is classified (the engine's hot path calls it
+    directly): ``measure`` is ``SBP_N`` or ``MAP_N``, ``low`` whether the reading is low,
+    ``high`` whether an SBP is above the recovery cut-off (counted only when not low).
+    Returns the slot's new class (``slot[CLS]``, cached for the next reading)."""
+    slot[measure] += 1
+    lowest = MIN_SBP if measure == SBP_N else MIN_MAP
+    if value < slot[lowest]:
+        slot[lowest] = value
     if low:
-        if not slot[FIRST_LOW_T] or t < slot[FIRST_LOW_T]:
+        slot[measure + 1] += 1  # SBP_LOW or MAP_LOW
+        first = slot[FIRST_LOW_T]
+        if not first or t < first:
             slot[FIRST_LOW_T] = t
         if t > slot[LAST_LOW_T]:
             slot[LAST_LOW_T] = t
         known = available if available > t else t
         if known > slot[LOW_AV]:
             slot[LOW_AV] = known
-    before = int(slot[CLS])
-    after = slot_class(slot)
+    elif high:
+        slot[SBP_HIGH] += 1
+        known = available if available > t else t
+        if known > slot[HIGH_AV]:
+            slot[HIGH_AV] = known
+    # slot_class, inline (one call less per reading)
+    if 2 * slot[SBP_LOW] > slot[SBP_N] or 2 * slot[MAP_LOW] > slot[MAP_N]:
+        after = LOW
+    elif 2 * slot[SBP_HIGH] > slot[SBP_N]:
+        after = HIGH
+    else:
+        after = MID
     slot[CLS] = after
-    return before, after
+    return after
 
 
 def slot_class(slot: list[float]) -> int:
-    """LOW when most SBP or most MAP readings are low; HIGH when most SBP are > 100 (recovered)."""
-    if (slot[SBP_N] and 2 * slot[SBP_LOW] > slot[SBP_N]) or (
-            slot[MAP_N] and 2 * slot[MAP_LOW] > slot[MAP_N]):
+    """LOW when most SBP or most MAP readings are low; HIGH when most SBP are > 100 (recovered).
+    (No reading of a measure: its count of low readings is 0 too, so it is not "most".)"""
+    if 2 * slot[SBP_LOW] > slot[SBP_N] or 2 * slot[MAP_LOW] > slot[MAP_N]:
         return LOW
-    if slot[SBP_N] and 2 * slot[SBP_HIGH] > slot[SBP_N]:
+    if 2 * slot[SBP_HIGH] > slot[SBP_N]:
         return HIGH
     return MID
 
