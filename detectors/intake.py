@@ -234,3 +234,8 @@ HANDLERS: dict[str, Handler] = {
     "weight": on_weight, "urine_output": on_urine,
     "heart_rate": on_other, "temperature": on_other, "spo2": on_other, "lactate": on_other,
 }
+
+#: per kind, its handler and its ``ACCUMULATING`` code (None: no redelivery check): one lookup
+#: per reading in ``phases.step``
+INTAKE: dict[str, tuple[Handler, int | None]] = {
+    kind: (handler, ACCUMULATING.get(kind)) for kind, handler in HANDLERS.items()}

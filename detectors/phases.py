@@ -42,7 +42,7 @@ from detectors.confounders import albumin_infused_before, first_unheld, gain_exp
 from detectors.criteria import hemoconcentration, hypoalbuminemia, supportive, urine, weight_gain
 from detectors.criteria import hypotension as bp
 from detectors.criteria.hemoconcentration import Finding, baseline_before, median
-from detectors.intake import ACCUMULATING, HANDLERS, withdraw
+from detectors.intake import INTAKE, withdraw
 from detectors.interventions import Intervention, record
 from detectors.observation import (
     Observation,
@@ -127,7 +127,7 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     # hash of ints and floats is not salted per process (only str/bytes are), so the
     # fingerprint of a redelivered observation is the same after a worker restart
     kind = obs.kind
-    code = ACCUMULATING.get(kind)
+    handler, code = INTAKE[kind]
     if code is not None:  # kinds that only replace a latest value need no redelivery check
         fingerprint = hash((code, t, obs.value))
         if fingerprint in st.seen:
@@ -147,7 +147,7 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     known = available if available is not None and available > t else t
     if st.arrived > known:
         known = st.arrived
-    outcome = HANDLERS[kind](st, obs, known, th)
+    outcome = handler(st, obs, known, th)
     if outcome.__class__ is Rejection:
         st.max_t, st.near = previous_max, previous_near
         return _tuple_new(StepResult, (st, _NO_ALERTS, "rejected", outcome))
@@ -163,18 +163,24 @@ def step(state: PatientState | None, obs: Observation | Retraction | Interventio
     evaluate, status = outcome
     pending = st.pending
     phase = st.phase
-    if not evaluate and not pending and phase == "none":
-        return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))  # a quiet reading
-    is_lab = kind in LAB_KINDS
-    if pending and not (is_lab and abs(t - pending) <= th.panel_ms):
-        st.pending = 0  # the panel is complete: the decision it waited for is taken now
-        evaluate = True
-    if is_lab and evaluate:
-        st.pending = st.pending or t
+    if evaluate or pending or phase != "none":
+        is_lab = kind in LAB_KINDS
+        if pending and not (is_lab and abs(t - pending) <= th.panel_ms):
+            st.pending = 0  # the panel is complete: the decision it waited for is taken now
+            evaluate = True
+        if is_lab and evaluate:
+            st.pending = st.pending or t
+            return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))
+        if not evaluate and phase != "none" and st.max_t > previous_max:
+            evaluate = _time_based_exit_due(st, th)
+        if evaluate:
+            return _tuple_new(StepResult, (st, _decide(st, th), status, None))
+    if status != "accepted":
         return _tuple_new(StepResult, (st, _NO_ALERTS, status, None))
-    if not evaluate and phase != "none" and st.max_t > previous_max:
-        evaluate = _time_based_exit_due(st, th)
-    return _tuple_new(StepResult, (st, _decide(st, th) if evaluate else _NO_ALERTS, status, None))
+    quiet = st.quiet  # a quiet reading: the same reply every time
+    if quiet is None:
+        quiet = st.quiet = _tuple_new(StepResult, (st, _NO_ALERTS, status, None))
+    return quiet
 
 
 def _horizon(st: PatientState, t: int, th: Thresholds) -> tuple[int, int] | Rejection:
@@ -228,18 +234,17 @@ class _Facts:
     runs and the Hct findings come from ``detectors.memo``: recomputed only when their inputs
     changed since the last decision)."""
 
-    __slots__ = ("_st", "_th", "sbp_baseline", "weight_baseline", "weight_kg", "_low",
-                 "_high", "_hypotension", "_recovered", "_hcts")
+    __slots__ = ("_st", "_th", "_oldest", "_sbp_asked", "_sbp_baseline", "weight_baseline",
+                 "weight_kg", "_low", "_high", "_hypotension", "_recovered", "_hcts")
 
     def __init__(self, st: PatientState, th: Thresholds) -> None:
         self._st = st
         self._th = th
         # baselines older than baseline_max_age_h judge nothing (the ADT weight is as old as the
         # stay's first reading)
-        oldest = st.max_t - th.baseline_max_age_h * HOUR_MS
-        sbp = st.bl.get("sbp")
-        self.sbp_baseline = st.baseline("sbp", th.baseline_min_vitals) \
-            if sbp and sbp[0] >= oldest else None
+        self._oldest = oldest = st.max_t - th.baseline_max_age_ms
+        self._sbp_asked = False
+        self._sbp_baseline: float | None = None
         weighings = [w[1] for w in st.blr.get("weight", ()) if w[0] >= oldest]
         admission = st.weight_kg if st.stay >= oldest else None
         self.weight_baseline = admission or (median(weighings) if weighings else None)
@@ -250,6 +255,18 @@ class _Facts:
         self._hypotension: list[list[float]] | None = None
         self._recovered: list[list[float]] | None = None
         self._hcts: list[Finding] | None = None
+
+    @property
+    def sbp_baseline(self) -> float | None:
+        """The stay's SBP baseline (None until ``baseline_min_vitals`` readings, or when older
+        than ``baseline_max_age_h``); only evidence asks for it, so it is computed then."""
+        if not self._sbp_asked:
+            self._sbp_asked = True
+            st = self._st
+            sbp = st.bl.get("sbp")
+            self._sbp_baseline = st.baseline("sbp", self._th.baseline_min_vitals) \
+                if sbp and sbp[0] >= self._oldest else None
+        return self._sbp_baseline
 
     def _runs(self) -> list[list[float]]:
         if self._low is None:

@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the engine's reply type; state.py is imported by detectors.phases
+    from detectors.phases import StepResult
 
 #: kinds held as lab readings (``labs``); WBC keeps fewer (it only fills evidence)
 LAB_KINDS = ("hematocrit", "albumin", "leukocytes", "hemoglobin")
@@ -108,6 +111,9 @@ class PatientState:
     #: derived views remembered between decisions (``detectors.memo``): not serialised, not
     #: compared, empty after a restart
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: ``detectors.phases.step``'s reply to an accepted reading that decides nothing, built once
+    #: per state object (it only holds the state): not serialised, not compared
+    quiet: StepResult | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -219,10 +219,9 @@ class _Replay:
                 o = checked
             pid = o.patient_id
             state = states_get(pid)
-            r = step(state, o, th)
-            status = r.status
+            new_state, raised, status, rejection = step(state, o, th)
             if state is None:
-                states[pid] = r.state
+                states[pid] = new_state
                 if status != "rejected":
                     seen.add(pid)
             elif unseen and pid in unseen and status != "rejected":
@@ -236,10 +235,10 @@ class _Replay:
                         unseen.add(pid)  # its state exists, but no row of it was accepted yet
                 else:
                     seen.add(pid)
-                if r.rejection is not None:
-                    self._reject(batch, j, r.rejection)
-            if r.alerts:  # as the worker: a late reading or a retraction may decide too
-                alerts.extend(r.alerts)
+                if rejection is not None:
+                    self._reject(batch, j, rejection)
+            if raised:  # as the worker: a late reading or a retraction may decide too
+                alerts.extend(raised)
         counts["accepted"] += stop - start - others
 
     def _reject(self, batch: _Batch, j: int, why: Rejection | None) -> None:
