@@ -21,6 +21,7 @@ from detectors.plausibility import check_jump
 from detectors.state import (
     CENSORED_CODE,
     LAB_KINDS,
+    RUNS_KEEP,
     PatientState,
     add_baseline,
     add_baseline_reading,
@@ -213,13 +214,23 @@ def withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thres
 
 
 def fold_old_slots(st: PatientState, keep_from: int, th: Thresholds) -> None:
-    for s in sorted(st.slots):
-        if s >= keep_from:
+    """Close the live slots older than ``keep_from`` into runs, oldest first (usually the one
+    slot a new slot pushed past the late horizon), and keep the last ``RUNS_KEEP`` closed runs
+    of each kind (low runs only while they end within ``run_retention_h``)."""
+    slots = st.slots
+    hypo, norm, marker = st.hypo, st.norm, st.fold
+    oldest = min(slots)
+    while oldest < keep_from:
+        marker = bp.fold(hypo, norm, marker, oldest, slots.pop(oldest), th)
+        if not slots:
             break
-        st.fold = bp.fold(st.hypo, st.norm, st.fold, s, st.slots.pop(s), th)
-    cutoff = st.max_t - th.run_retention_ms
-    st.hypo = [r for r in st.hypo if r[bp.R_LAST] >= cutoff][-6:]
-    st.norm = st.norm[-6:]
+        oldest = min(slots)
+    st.fold = marker
+    if hypo:
+        cutoff = st.max_t - th.run_retention_ms
+        st.hypo = [r for r in hypo if r[bp.R_LAST] >= cutoff][-RUNS_KEEP:]
+    if len(norm) > RUNS_KEEP:
+        st.norm = norm[-RUNS_KEEP:]
 
 
 #: kinds whose observations are counted or summed into windows (a redelivery would count twice),

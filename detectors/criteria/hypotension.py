@@ -113,6 +113,8 @@ def fold(low_runs: list[list[float]], high_runs: list[list[float]], prev: list[i
     ``prev`` marker ``[slot, class]``. Pure on its arguments' contents: callers pass copies when
     they only want to look."""
     cls = slot_class(slot)
+    if cls == MID:  # neither low nor recovered: ends the runs before it, starts none
+        return [s, cls]
     slot_ms = th.bp_slot_ms
     continues = bool(prev) and prev[1] == cls and (s - prev[0] - 1) * slot_ms <= th.bp_gap_ms
     if cls == LOW:
@@ -141,14 +143,16 @@ def fold(low_runs: list[list[float]], high_runs: list[list[float]], prev: list[i
         if continues and high_runs:
             run = high_runs[-1]
             run[H_END] = s
-            run[H_AV] = max(run[H_AV], slot[HIGH_AV])
+            if slot[HIGH_AV] > run[H_AV]:
+                run[H_AV] = slot[HIGH_AV]
         else:
             run = [s, s, 0, slot[HIGH_AV], 0]
             high_runs.append(run)
-        hold_ms = th.recovery_hold_min * MIN_MS
-        if not run[H_Q] and (run[H_END] + 1 - run[H_START]) * slot_ms >= hold_ms:
-            run[H_Q] = int(run[H_START] * slot_ms + hold_ms)
-            run[H_QA] = max(run[H_AV], run[H_Q])
+        if not run[H_Q]:  # not yet held long enough: is it now?
+            hold_ms = th.recovery_hold_min * MIN_MS
+            if (run[H_END] + 1 - run[H_START]) * slot_ms >= hold_ms:
+                run[H_Q] = int(run[H_START] * slot_ms + hold_ms)
+                run[H_QA] = max(run[H_AV], run[H_Q])
     return [s, cls]
 
 
