@@ -58,6 +58,26 @@ class TestHypotension:
         bp.add_reading(slot, "sbp", 110, T0, 160.0, TH)
         assert bp.slot_class(slot) == bp.LOW
 
+    def test_the_class_a_reading_leaves_is_the_slots_class(self):
+        """The class the tally returns (and caches for the next reading) is ``slot_class``'s
+        answer after every reading: low, recovered or neither, SBP and MAP mixed, ties, with
+        and without a baseline."""
+        import random
+
+        rng = random.Random(3)
+        classes = set()
+        for i in range(600):
+            if i % 6 == 0:
+                slot = bp.new_slot()
+                baseline = rng.choice((None, 150.0))
+            kind = rng.choice(("sbp", "map"))
+            value = rng.choice((80, 90, 95, 100, 101, 130, 140) if kind == "sbp"
+                               else (60, 64, 65, 80, 90))
+            _, after = bp.add_reading(slot, kind, value, T0 + i * 1000, baseline, TH)
+            assert after == bp.slot_class(slot) == slot[bp.CLS]
+            classes.add(after)
+        assert classes == {bp.LOW, bp.MID, bp.HIGH}
+
     def test_gaps_up_to_a_cuff_cycle_keep_a_run(self):
         # NIBP every 15 minutes: empty slots between readings must not split the run
         assert persistent_runs([(m, "sbp", 80) for m in (0, 15, 30)])

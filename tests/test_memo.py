@@ -142,3 +142,43 @@ def test_runs_remembered_while_old_runs_are_dropped_and_slots_closed(
     alerts = _replay(rows, {"patient_id": "p1", "event": "admit", "sex": "F"},
                      restart_every=10**9)
     assert asked["runs"] > 100 and alerts
+
+
+def _accepted(state: PatientState | None, row: dict[str, Any], th: Any = None) -> Any:
+    o = normalise(row)
+    assert not isinstance(o, Rejection), o
+    return step(state, o) if th is None else step(state, o, th)
+
+
+def test_a_quiet_reading_is_answered_for_its_own_state_and_never_serialised() -> None:
+    """The reply to a reading that decides nothing is built once per state object: it holds
+    that state (also after a new stay restarted it in place), no alert, and stays out of the
+    JSON a worker stores."""
+    first = _accepted(None, obs("heart_rate", 80, T0))
+    again = _accepted(first.state, obs("heart_rate", 82, T0 + MIN))
+    assert again is first and again.state is first.state
+    assert (again.alerts, again.status, again.rejection) == ((), "accepted", None)
+    assert "quiet" not in first.state.to_dict()
+    assert PatientState.from_json(first.state.to_json()).quiet is None
+    # four days later (the first reading held back as in the future, the second, agreeing with
+    # it, starts a new stay in the same object): the reply still holds that object
+    st = first.state
+    _accepted(st, obs("heart_rate", 90, T0 + 96 * HOUR))
+    later = _accepted(st, obs("heart_rate", 91, T0 + 96 * HOUR + MIN))
+    assert later.state is st and st.max_t == T0 + 96 * HOUR + MIN and not later.alerts
+
+
+def test_the_usual_reading_moves_the_horizon_only_within_the_future_tolerance() -> None:
+    """step's fast path (a reading at or just after a horizon a second reading supports) is
+    the general rule's answer: with a future tolerance of 30 minutes, a reading 40 minutes on
+    is a horizon with no support yet (``plausibility.advance_horizon``)."""
+    from detectors.config import thresholds_from_mapping
+
+    th = thresholds_from_mapping({"future_tolerance_h": 0.5})
+    st = _accepted(None, obs("heart_rate", 80, T0), th).state
+    st = _accepted(st, obs("heart_rate", 80, T0 + MIN), th).state
+    assert st.near == 2
+    st = _accepted(st, obs("heart_rate", 80, T0 + 5 * MIN), th).state
+    assert (st.max_t, st.near) == (T0 + 5 * MIN, 2)  # the usual reading
+    st = _accepted(st, obs("heart_rate", 80, T0 + 45 * MIN), th).state
+    assert (st.max_t, st.near) == (T0 + 45 * MIN, 1)
