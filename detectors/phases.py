@@ -245,9 +245,12 @@ class _Facts:
         self._oldest = oldest = st.max_t - th.baseline_max_age_ms
         self._sbp_asked = False
         self._sbp_baseline: float | None = None
-        weighings = [w[1] for w in st.blr.get("weight", ()) if w[0] >= oldest]
         admission = st.weight_kg if st.stay >= oldest else None
-        self.weight_baseline = admission or (median(weighings) if weighings else None)
+        if admission:
+            self.weight_baseline: float | None = admission
+        else:  # the median of the stay's baseline weighings
+            weighings = [w[1] for w in st.blr.get("weight", ()) if w[0] >= oldest]
+            self.weight_baseline = median(weighings) if weighings else None
         latest = st.wt[-1][1] if st.wt else None
         self.weight_kg = self.weight_baseline or st.weight_kg or latest or th.default_weight_kg
         self._low: list[list[float]] | None = None
