@@ -85,7 +85,11 @@ def test_a_burst_into_a_running_worker_and_a_restart_with_a_backlog_decide_like_
     finally:
         assert restarted.stop(signal.SIGTERM) == 0, restarted.output()
     got = {d["alert_id"] for d in alert_docs(records)}
-    assert (_late(worker) + _late(restarted), got) == (replay.late, expected)
+    # on failure, say which phase went wrong (each worker's final counts: late, merged behind)
+    assert (_late(worker) + _late(restarted), got) == (replay.late, expected), (
+        f"burst: late {_late(worker)}, behind {_count(worker, 'clsmon_merged_behind_total')}; "
+        f"restart: late {_late(restarted)}, "
+        f"behind {_count(restarted, 'clsmon_merged_behind_total')}\n{restarted.output()}")
     # our producer never stamps ahead of its clock, and every record reached the log in time
     for metric in ("clsmon_future_timestamps_total", "clsmon_merged_behind_total"):
         assert _count(worker, metric) + _count(restarted, metric) == 0, metric
