@@ -203,6 +203,67 @@ def test_between_an_assignment_and_its_seek_only_table_recovery_gets_messages(
     assert delivered == [("consumer-test-state-changelog", 0)] and seeks == []
 
 
+def test_a_partition_sought_again_after_its_records_were_dropped_is_delivered_once(
+        faust_consumer: Any, monkeypatch: Any) -> None:
+    """A restart with a backlog: records fetched from the commit (40) while the seek was under
+    way were dropped, so the partition is sought to its commit again. A batch that arrives
+    while that second seek waits for the consumer's thread must not be delivered: delivered,
+    it came again after the seek, into a merge that had already released past it (issue 14,
+    item 8: ~925 vitals merged behind after a restart)."""
+    import types
+
+    v = TP("vitals", 0)
+    thread = faust_consumer._our_thread
+    delivered: list[int] = []
+    seeks: list[int] = []
+    reseek_started, reseek_done, seek_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    batches = [[40, 41], [40, 41, 42]]  # during the second seek; after it, from the commit
+    fetcher = types.SimpleNamespace(_stopped=types.SimpleNamespace(is_set=lambda: not batches))
+
+    async def seek_to_committed() -> dict[Any, int]:  # the broker's part: commit 40
+        thread.sought = {v: 40}
+        faust_consumer._dropped_while_seeking.add(v)  # the delivery loop dropped a batch
+        return {v: 40}
+
+    async def consumer_thread_seek(tp: Any, offset: int) -> None:  # a busy consumer thread
+        seeks.append(offset)
+        reseek_started.set()
+        await asyncio.sleep(0.05)
+        reseek_done.set()
+
+    async def callback(message: Any) -> None:
+        delivered.append(message.offset)
+
+    async def either(*events: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+
+    async def getmany(timeout: float) -> Any:
+        offsets = batches.pop(0)
+        if batches:  # the first: once the seek is over, or while it seeks again
+            await either(seek_done, reseek_started)
+        else:  # the second: read from the commit after both
+            await seek_done.wait()
+            await reseek_done.wait()
+        for offset in offsets:
+            yield v, types.SimpleNamespace(topic=v.topic, offset=offset, tp=v)
+
+    async def seek_then_deliver() -> None:
+        async def seek() -> None:
+            await faust_consumer.perform_seek()
+            seek_done.set()
+        await asyncio.gather(seek(), faust_consumer._drain_messages(fetcher))
+
+    monkeypatch.setattr(faust_consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(faust_consumer, "_seek", consumer_thread_seek)
+    monkeypatch.setattr(faust_consumer, "callback", callback)
+    monkeypatch.setattr(faust_consumer, "getmany", getmany)
+    _run(faust_consumer, seek_then_deliver())
+    assert delivered == [40, 41, 42] and seeks == [40] and not faust_consumer.seeking
+
+
 # --- what is committed (4. in streams.kafka.consumer) -------------------------------------------
 
 def _acknowledge(consumer: Any, tp: Any, offsets: list[int]) -> None:

@@ -92,4 +92,6 @@ def test_a_burst_into_a_running_worker_and_a_restart_with_a_backlog_decide_like_
         f"behind {_count(restarted, 'clsmon_merged_behind_total')}\n{restarted.output()}")
     # our producer never stamps ahead of its clock, and every record reached the log in time
     for metric in ("clsmon_future_timestamps_total", "clsmon_merged_behind_total"):
-        assert _count(worker, metric) + _count(restarted, metric) == 0, metric
+        assert _count(worker, metric) + _count(restarted, metric) == 0, (
+            f"{metric}: burst {_count(worker, metric)}, restart {_count(restarted, metric)}\n"
+            f"{worker.output() if _count(worker, metric) else restarted.output()}")

@@ -330,6 +330,11 @@ class _Consumer(faust_aiokafka.Consumer):
         self._retried: dict[Any, tuple[int, int]] = {}
         #: undecodable batches delivered as one message each, until the agent takes them
         self._undecodable: dict[tuple[str, int, int], UndecodableBatch] = {}
+        #: one ``perform_seek`` at a time: two interleaved would let the first end ``seeking``
+        #: (and start deliveries) while the second still moves the partitions back
+        self._seek_lock = asyncio.Lock()
+        #: stream partitions to seek to their commit again, by the delivery loop (3.)
+        self._seek_again: dict[Any, int] = {}
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -356,23 +361,40 @@ class _Consumer(faust_aiokafka.Consumer):
         await super().threadsafe_partitions_assigned(receiver_loop, assigned, generation_id)
 
     async def perform_seek(self) -> None:
+        """Seek every stream partition to its commit (2. in the module doc); one at a time."""
         self.seeking = True
-        dropped = self._dropped_while_seeking
-        dropped.clear()
-        await super().perform_seek()
-        self.seeking = False
-        # where the seek put every stream partition (its commit, or the start). Not the live
-        # position: on the first assignment the flow is already on and the consumer may have
-        # fetched past it by now; what it delivers from there is checked against this.
-        sought = self._our_thread.sought
-        self._expect.clear()
-        self._expect.update(sought)
-        # records dropped while the seek was under way may have been fetched after it: nothing
-        # of those partitions was delivered since, so seeking them again is exact
-        for tp in list(dropped):
-            if tp in sought:
-                await self.seek(tp, sought[tp])
-        dropped.clear()
+        async with self._seek_lock:
+            self.seeking = True  # a seek that ended while this one waited cleared it
+            dropped = self._dropped_while_seeking
+            dropped.clear()
+            self._seek_again.clear()  # this seek supersedes what an earlier one left
+            await super().perform_seek()
+            # where the seek put every stream partition (its commit, or the start). Not the
+            # live position: on the first assignment the flow is already on and the consumer
+            # may have fetched past it by now; what it delivers from there is checked
+            # against this.
+            sought = self._our_thread.sought
+            self._expect.clear()
+            self._expect.update(sought)
+            # records dropped while the seek was under way may have been fetched after it:
+            # those partitions are sought to their commits again, by the delivery loop before
+            # it delivers anything more (3.). Sought from here, a batch read from the commit
+            # was delivered while this seek waited for the consumer's thread, then again
+            # after it, into an ordering merge that had released past it (after a restart
+            # with a backlog: ~925 vitals merged behind, ~337 late; issue 14, item 8).
+            # No await from here on: the delivery loop sees these and ``seeking`` together.
+            self._seek_again.update({tp: sought[tp] for tp in dropped if tp in sought})
+            dropped.clear()
+            self.seeking = False
+
+    async def _seek_again_now(self, rewinding: set[Any]) -> None:
+        """In the delivery loop: the seeks ``perform_seek`` left to it; the rest of the
+        current batch of those partitions is dropped (``rewinding``)."""
+        pending = dict(self._seek_again)
+        self._seek_again.clear()
+        for tp, offset in pending.items():
+            rewinding.add(tp)
+            await self.seek(tp, offset)
 
     def commit_head(self, tp: Any) -> int | None:
         """The first offset of ``tp`` not committed yet: the commit, or before the first
@@ -450,10 +472,13 @@ class _Consumer(faust_aiokafka.Consumer):
         expect = self._expect
         dropped = self._dropped_while_seeking
         retried = self._retried
+        seek_again = self._seek_again
         num_since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(_CONSUMER_FETCHING)
+                if seek_again and not self.seeking:  # e.g. partitions with nothing to fetch
+                    await self._seek_again_now(set())
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
@@ -463,6 +488,8 @@ class _Consumer(faust_aiokafka.Consumer):
                         if num_since_yield > 100:
                             await asyncio.sleep(0)
                             num_since_yield = 0
+                        if seek_again and not self.seeking:
+                            await self._seek_again_now(rewinding)
                         offset = message.offset
                         if tp.topic in changelogs:
                             r_offset = get_read_offset(tp)
