@@ -94,6 +94,34 @@ def test_the_ack_waits_for_kafka_and_is_ar_when_kafka_fails() -> None:
     asyncio.run(scenario())
 
 
+def test_stamps_are_in_send_order_across_patients_and_strictly_increasing_per_patient() -> None:
+    """The worker orders a partition's topics by timestamp: a later record of one partition
+    must never carry an earlier stamp than the one before it, whoever its patient (a monitor
+    sends several values in the same ms; the next patient's were stamped behind them)."""
+    async def scenario() -> None:
+        sink = HeldSink()
+        sink.release.set()
+        port = free_port()
+        cfg = ListenerConfig(SETTINGS, TopicNames("t."), host="127.0.0.1", port=port)
+        listener = Listener(cfg, sink, ListenerMetrics(CollectorRegistry()),
+                            clock=lambda: 1_800_000_000.0)  # a clock that stands still
+        server = await listener.start()
+        reader, writer = await open_hl7_connection("127.0.0.1", port)
+        for control_id, patient in (("M1", "111"), ("M2", "222"), ("M3", "111")):
+            writer.writeblock(monitor_mdc(control_id, T, 84, 42, 56, 118, patient=patient))
+            await writer.drain()
+            assert _code(await asyncio.wait_for(reader.readblock(), 5)) == "AA"
+        writer.close()
+        server.close()
+        stamps = [ts for _, _, _, ts in sink.sent]
+        assert len(stamps) == 12 and stamps == sorted(stamps)
+        for patient in (b"111", b"222"):
+            mine = [ts for _, key, _, ts in sink.sent if key == patient]
+            assert len(set(mine)) == len(mine)
+
+    asyncio.run(scenario())
+
+
 def test_oversize_blocks_idle_senders_and_too_many_connections_are_closed() -> None:
     async def scenario() -> None:
         sink = HeldSink()

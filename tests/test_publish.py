@@ -80,3 +80,22 @@ def test_publish_sends_each_record_keyed_to_its_topic(kafka_bootstrap: str,
     assert {r.key for r in vitals + patients} == {b"12345"}
     stamps = [r.timestamp for r in sorted(vitals + patients, key=lambda r: r.timestamp)]
     assert len(set(stamps)) == len(stamps)  # per-patient increasing: the arrival order
+
+
+def test_the_publisher_stamps_in_send_order_across_patients(kafka_bootstrap: str) -> None:
+    """Strictly increasing per patient, and never behind the stamp before it whoever its
+    patient: the worker's ordering merge reads a partition's timestamps as its arrival order
+    (a patient's second message in the same ms was stamped a ms ahead, and the next patient's
+    behind it)."""
+    from streams.offline import publish
+
+    publisher = publish.Publisher(kafka_bootstrap, clock=lambda: 1_800_000_000.0)  # no ms passes
+    try:
+        stamps = [publisher.next_timestamp(p) for p in ("A", "A", "B", "A", "C", "C")]
+    finally:
+        publisher.close()
+    assert stamps == sorted(stamps)
+    assert stamps[:2] == [1_800_000_000_000, 1_800_000_000_001]
+    for patient in "ABC":
+        mine = [ts for p, ts in zip("AABACC", stamps, strict=True) if p == patient]
+        assert len(set(mine)) == len(mine)

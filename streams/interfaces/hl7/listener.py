@@ -136,6 +136,7 @@ class Listener:
         self.clock = clock
         self.open = 0
         self._last_ts: dict[str, int] = {}
+        self._last_any = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> asyncio.AbstractServer:
@@ -229,9 +230,11 @@ class Listener:
         return build_ack(reading, now_ms, code, errs)
 
     def _stamp(self, patient_id: str, now_ms: int) -> int:
-        """Wall clock, strictly increasing per patient (the worker's arrival order)."""
-        ts = max(now_ms, self._last_ts.get(patient_id, 0) + 1)
-        self._last_ts[patient_id] = ts
+        """Wall clock, strictly increasing per patient and never before the previous stamp
+        of any patient: the worker's arrival order is the timestamp order, and within a
+        partition it must be the order of the records (``streams.worker.ordering``)."""
+        ts = max(now_ms, self._last_any, self._last_ts.get(patient_id, 0) + 1)
+        self._last_ts[patient_id] = self._last_any = ts
         if len(self._last_ts) > 50_000:  # forget patients quiet for a minute
             self._last_ts = {p: t for p, t in self._last_ts.items() if t > now_ms - 60_000}
         return ts
