@@ -187,3 +187,13 @@ def test_an_unreachable_broker_is_one_line_and_exit_code_2_within_10_s_for_every
             assert took < 10, (name, took)
     finally:
         silent.close()
+
+
+def test_a_cluster_id_never_begins_with_a_dash() -> None:
+    """``kafka-storage format --cluster-id -x...`` reads the id as an option and fails: one
+    random id in 64 began with "-" and failed a broker's start."""
+    from streams.kafka.apache import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2_000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)

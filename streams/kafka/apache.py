@@ -109,6 +109,16 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes in URL-safe base64, never beginning with
+    "-", which ``kafka-storage format --cluster-id`` would read as an option (one id in 64
+    did: "expected one argument"). Kafka's own ``Uuid.randomUuid`` draws again the same way."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass
 class KafkaCluster:
     """1 or 3 combined broker+controller nodes with a static KRaft quorum on loopback ports.
@@ -152,7 +162,7 @@ class KafkaCluster:
             raise ValueError("SASL listeners need users")
         self._own_workdir = self.workdir is None
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="clsmon-kafka-"))
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        self.cluster_id = new_cluster_id()
         self.lib: Path | None = None
         self.timings: dict[str, float] = {}
         self._nodes: list[Node] = []
