@@ -60,7 +60,7 @@ def test_prometheus_scrapes_the_worker_and_the_rules_load(kafka_bootstrap: str,
     messages = list(cohort_messages(cohort(4, seed=3, hours=72), names))
     publisher = Publisher(kafka_bootstrap)
     for message in messages:
-        publisher.send_doc(message, publisher.next_timestamp(message.patient_id))
+        publisher.send_doc(message)
     publisher.close()
 
     worker = WorkerProcess(kafka_bootstrap, names.prefix, tmp_path)
