@@ -20,6 +20,11 @@ producer batching), as shipped; on Tansu with ``--producer-max-batch-size 1``, w
 Apache Kafka runs with the JVM's default options (not the tests' fast-start ones).
 ``--profile DIR`` records the first round's worker with py-spy (a flame graph SVG).
 
+Ctrl-C (SIGINT) or SIGTERM stops every process the benchmark started (workers, the trivial
+agent, py-spy, the broker) and exits with one line and code 130; nothing is written. The
+children run in their own sessions (a Ctrl-C in the terminal reaches the benchmark only, which
+stops them in order) and die with it if it is killed.
+
 Usage: python bench/stream_bench.py [--engine kafka|tansu|both] [--rounds 3] [--patients N]
        [--hours H] [--profile DIR]
 """
@@ -29,13 +34,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from benchio import write_results  # noqa: E402  (bench/ is the script's folder)
@@ -45,8 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from streams.demo import Children, stop_children  # noqa: E402
 from streams.kafka.engines import local_broker  # noqa: E402
-from streams.kafka.local import LocalBroker, free_port  # noqa: E402
+from streams.kafka.local import LocalBroker, die_with_parent, free_port  # noqa: E402
 from streams.kafka.topics import TopicNames, ensure_topics  # noqa: E402
 from streams.offline.publish import Publisher, cohort_messages  # noqa: E402
 from streams.offline.simulator import cohort  # noqa: E402
@@ -84,6 +93,45 @@ async def dump():
 faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)\\
     .execute_from_commandline()
 '''
+
+
+#: every process this benchmark started (stopped on Ctrl-C / SIGTERM: ``interruptible``)
+CHILDREN = Children()
+
+
+def spawn(name: str, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child in its own session that dies with the benchmark, and remember it."""
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=die_with_parent,
+                            **kwargs)
+    CHILDREN.procs[f"{name} {proc.pid}"] = proc
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    stop_children(Children({"child": proc}), timeout)
+
+
+def interruptible(body: Callable[[], int]) -> int:
+    """Run ``body``; on SIGINT or SIGTERM stop every child (``CHILDREN``; the brokers are
+    stopped by ``run_engine`` on the way out), print one line and return 130."""
+
+    def _interrupted(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up is not to be interrupted
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return body()
+    except KeyboardInterrupt:
+        stop_children(CHILDREN, timeout=15.0)
+        print("stream benchmark interrupted: its workers and brokers are stopped; no results "
+              "written", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -126,9 +174,9 @@ def _start_worker(url: str, prefix: str, workdir: Path, engine: str
            "--data-dir", str(workdir / prefix)]
     if engine == "tansu":
         cmd += ["--producer-max-batch-size", "1"]
-    log = open(workdir / f"{prefix}log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with open(workdir / f"{prefix}log", "wb") as log:
+        proc = spawn("worker", cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                     env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -136,7 +184,7 @@ def _start_worker(url: str, prefix: str, workdir: Path, engine: str
                 return proc, port
         except OSError:
             time.sleep(0.1)
-    proc.kill()
+    _stop(proc, 5.0)
     raise RuntimeError("worker did not become ready")
 
 
@@ -170,9 +218,9 @@ def _profiled(proc: subprocess.Popen[bytes], profile: Path | None) -> Any:
     spy = Path(sys.executable).with_name("py-spy")
     profile.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".txt": "raw", ".json": "speedscope"}.get(profile.suffix, "flamegraph")
-    return subprocess.Popen([str(spy), "record", "--pid", str(proc.pid), "--rate", "100",
-                             "--output", str(profile), "--format", fmt, "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn("py-spy", [str(spy), "record", "--pid", str(proc.pid), "--rate", "100",
+                            "--output", str(profile), "--format", fmt, "--nonblocking"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, hours: float,
@@ -194,16 +242,15 @@ def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, h
         if isinstance(spy, subprocess.Popen):
             spy.send_signal(2)  # SIGINT: py-spy writes the flame graph
             spy.wait(timeout=60)
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
     middle = _crossing(samples, 0.9 * n) - _crossing(samples, 0.1 * n)
     first = next(t for t, c in samples if c > 0)
     out = workdir / f"{prefix}trivial.out"  # one per round: never an earlier round's count
     script = workdir / "trivial.py"
     script.write_text(TRIVIAL_AGENT.format(root=str(ROOT), tmp=str(workdir / f"{prefix}trivial")))
-    trivial = subprocess.Popen([sys.executable, str(script), broker.url, names.prefix, str(out),
-                                str(n)], cwd=workdir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    trivial = spawn("trivial agent", [sys.executable, str(script), broker.url, names.prefix,
+                                      str(out), str(n)], cwd=workdir,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         fields: list[str] = []
@@ -215,8 +262,7 @@ def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, h
         else:
             raise RuntimeError(f"trivial agent read {fields[:1]} of {n} in 300 s")
     finally:
-        trivial.terminate()
-        trivial.wait(timeout=30)
+        _stop(trivial)
     t_first, t10, t90, t_last = (float(x) for x in fields[1:])
     ours = 0.8 * n / middle
     base = 0.8 * n / (t90 - t10)
@@ -247,8 +293,7 @@ def latency(broker: LocalBroker, engine: str, workdir: Path, rate: float, second
         time.sleep(1.5)
         m = _metrics(port)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
     proc_name = "clsmon_observation_processing_latency_seconds"
     alert_name = "clsmon_observation_to_alert_latency_seconds"
     return {
@@ -277,8 +322,8 @@ def run_engine(engine: str, args: argparse.Namespace, workdir: Path) -> dict[str
         broker = local_broker("tansu", log_path=str(workdir / "tansu.log"))
     rounds: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
+        stack.callback(broker.stop)  # before start: a Ctrl-C during start stops it too
         broker.start()
-        stack.callback(broker.stop)
         for r in range(1, args.rounds + 1):
             profile = (Path(args.profile) / f"worker-{engine}.{args.profile_format}"
                        if args.profile and r == 1 else None)
@@ -331,6 +376,11 @@ def main() -> int:
     parser.add_argument("--profile-format", choices=("svg", "txt", "json"), default="svg",
                         help="flame graph, collapsed stacks or speedscope (default svg)")
     args = parser.parse_args()
+    return interruptible(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every broker's rounds, then the results file."""
     workdir = Path(tempfile.mkdtemp(prefix="clsmon-bench-"))
     engines = ("kafka", "tansu") if args.engine == "both" else (args.engine,)
     result: dict[str, Any] = {
