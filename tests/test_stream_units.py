@@ -60,6 +60,23 @@ def test_merge_never_takes_a_source_with_a_backlog_for_a_silent_one() -> None:
     assert m.pop_ready(60_004, caught_up.get) == ["v"]
 
 
+def test_a_release_asks_the_consumer_once_per_source() -> None:
+    """The probe reads the consumer's state on the hot path: a release of many messages asks
+    it about each silent source once, and about a source that has moved past them never."""
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    for i in range(5):
+        m.push("v", 1_000 + i, i, f"v{i}", now_ms=60_000)
+    m.push("l", 2_000, 0, "lab", now_ms=60_000)
+    asked: list[str] = []
+
+    def probe(source: str) -> int | None:
+        asked.append(source)
+        return None if source == "v" else 60_000  # vitals: more on the broker
+
+    assert m.pop_ready(60_000, probe) == ["v0", "v1", "v2", "v3", "v4"]  # the lab waits
+    assert asked == ["p", "v"]  # labs are at 2,000, past every vital: never asked
+
+
 def test_a_timestamp_ahead_of_the_arrival_is_clamped_to_it() -> None:
     """A gateway clock a day ahead: its message is merged at its arrival, not held a day."""
     day = 86_400_000

@@ -125,14 +125,20 @@ class PartitionMerge(Generic[T]):
     def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
 
-        ``caught_up(source)`` is asked only when a release depends on that source.
+        ``caught_up(source)`` is asked only when a release depends on that source, and at most
+        once per source and call: one snapshot of the consumer for the whole release (it is
+        asked on the hot path, once per message, and a source that never delivers, e.g. an
+        empty ``patients`` topic, is in every decision).
         """
         out: list[T] = []
         heap = self._heap
+        if not heap:
+            return out
         if caught_up is None:
             caught_up = self._quiet_since(now_ms)
         by_key = self._released_by_key
-        while heap and self._may_release(heap[0][0], heap[0][1], caught_up):
+        asked: dict[str, int | None] = {}
+        while heap and self._may_release(heap[0][0], heap[0][1], caught_up, asked):
             ts, _, _, _, key, item = heapq.heappop(heap)
             if ts > self._released:
                 self._released = ts
@@ -155,14 +161,20 @@ class PartitionMerge(Generic[T]):
         self._heap.clear()
         return out
 
-    def _may_release(self, ts: int, rank: int, caught_up: CaughtUp) -> bool:
+    def _may_release(self, ts: int, rank: int, caught_up: CaughtUp,
+                     asked: dict[str, int | None]) -> bool:
+        """No source can still deliver a message before ``(ts, rank)``; ``asked`` holds the
+        answers of ``caught_up`` given in this release (one snapshot per call)."""
         for source, source_rank in self._rank.items():
             last = self._last_ts[source]
             # a source ranked before this message must have moved strictly past its timestamp
             # (an equal timestamp from it would sort first); one ranked after, at least to it
             if last > ts or (last == ts and source_rank >= rank):
                 continue
-            at = caught_up(source)
+            if source in asked:
+                at = asked[source]
+            else:
+                at = asked[source] = caught_up(source)
             if at is not None and at >= ts + self._grace:
                 continue
             return False
