@@ -61,6 +61,9 @@ class Detector:
         self.th = th
         self.metrics = metrics
         self.names = cfg.names
+        # read once per message: TopicNames builds each name on every access
+        self._ticks, self._patients = self.names.ticks, self.names.patients
+        self._interventions = self.names.interventions
         self.store = store
         self.outputs = outputs
         self._home = HomePartitions(cfg.partitions)
@@ -80,6 +83,9 @@ class Detector:
         #: message without key and value stands for (``streams.kafka.records``)
         self.undecodable: Callable[[str, int, int], Any] | None = None
         self._buffered = -1  # the last value of clsmon_ordering_buffer_messages
+        #: event time (ms) of the last observation processed by the running release, for
+        #: clsmon_event_time_lag_seconds (set once per release, not per message: a lock each)
+        self._last_observed_ms: int | None = None
         self._counters: dict[tuple[str, str], Any] = {}
 
     # -- entry points ------------------------------------------------------------------------
@@ -88,7 +94,8 @@ class Detector:
         now = time.time() if now is None else now
         msg = event.message
         try:
-            if msg.topic == self.names.ticks:
+            topic = msg.topic
+            if topic == self._ticks:
                 self.on_tick(msg.partition, now)
                 event.ack()
                 return
@@ -98,8 +105,8 @@ class Detector:
             if key is not None and self._home.of(key) != msg.partition:
                 self.outputs.forward(event, self._home.of(key))  # never split a patient
                 return
-            value = ingest(event.key, event.value, msg.topic == self.names.patients,
-                           msg.topic == self.names.interventions)
+            value = ingest(key, event.value, topic == self._patients,
+                           topic == self._interventions)
             if isinstance(value, Observation):
                 value = self._not_in_the_future(value, now)
             if isinstance(value, Refused):
@@ -113,13 +120,13 @@ class Detector:
                     return
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(msg.partition, now)
-            arrival = merge.push(msg.topic, _ts_ms(msg, now), msg.offset, item,
-                                 int(now * 1000), event.key)
+            arrival = merge.push(topic, _ts_ms(msg, now), msg.offset, item,
+                                 int(now * 1000), key)
             if arrival:
                 if arrival & Arrival.CLAMPED:
-                    self.metrics.future_timestamps.labels(msg.topic).inc()
+                    self.metrics.future_timestamps.labels(topic).inc()
                 if arrival & Arrival.BEHIND:
-                    self.metrics.merged_behind.labels(msg.topic).inc()
+                    self.metrics.merged_behind.labels(topic).inc()
             self._release(msg.partition, now)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
@@ -241,13 +248,16 @@ class Detector:
                 self.outputs.internal_error(item.event, exc)
                 continue
             done.append(item.event)
+        if self._last_observed_ms is not None:
+            self.metrics.event_time_lag.set(max(0.0, now - self._last_observed_ms / 1000))
+            self._last_observed_ms = None
         if len(done) >= self.cfg.write_batch:
             self._persist(partition)
         self._update_buffered()
 
     def _update_buffered(self) -> None:
         # once per message: set the gauge (a lock) only when the count changed
-        buffered = sum(len(m) for m in self._merges.values())
+        buffered = sum(map(len, self._merges.values()))
         if buffered != self._buffered:
             self._buffered = buffered
             self.metrics.buffered.set(buffered)
@@ -293,7 +303,7 @@ class Detector:
         else:
             self._pending.get(partition, set()).discard(pid)
         if isinstance(value, Observation):
-            self.metrics.event_time_lag.set(max(0.0, now - value.observed_at_ms / 1000))
+            self._last_observed_ms = value.observed_at_ms
         self.outputs.alerts(result.alerts, msg.timestamp)
         if result.alerts:
             self.outputs.phase(result.state, result.alerts)
