@@ -58,6 +58,12 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    and "crashed", in tasks and ``asyncio.wait``s on them: about a third of a worker's time at
    full speed (py-spy). A delivery almost never blocks, so we run it inline first; only when it
    does block is it continued as a task under Faust's own ``wait_first``, unchanged.
+   It does block under a backlog, where the agent is the bottleneck: its buffer
+   (``stream_buffer_maxsize``) is full and every delivery waits for one free slot, in tasks
+   (the conductor's ``put`` and ``asyncio.wait``, then ours). So when a stream partition's
+   buffer is full, the loop first waits, once, until the agent has taken it down to half
+   (interrupted by a rebalance like a delivery), and the next few thousand deliveries run
+   inline. Same messages, same order, same acknowledgements: only when the fetched ones wait.
 
 6. **Undecodable batches** and 7. **offsets without a record** (transaction markers) are
    corrected below Faust, in aiokafka's record parsing: ``streams.kafka.records``. Here the
@@ -525,6 +531,11 @@ class _Consumer(faust_aiokafka.Consumer):
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
+                        if tp.topic not in changelogs and self._agent_buffer_full(tp):
+                            # 5. in the module doc: a full buffer waits here once, not per
+                            # message; a rebalance interrupts it (then as Faust would)
+                            await self.wait_first(self._agent_buffer_drained(tp),
+                                                  self.suspend_flow.wait())
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                         if tp.topic not in changelogs:
@@ -545,6 +556,23 @@ class _Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(_CONSUMER_FETCHING)
+
+    def _agent_buffer_full(self, tp: Any) -> bool:
+        """Would delivering a message of ``tp`` now wait for room in a stream's buffer?"""
+        for channel in self.app.topics._tp_index.get(tp, ()):  # type: ignore[attr-defined]
+            if channel.queue.full():
+                return True
+        return False
+
+    async def _agent_buffer_drained(self, tp: Any, every_s: float = 0.005) -> None:
+        """Until every stream buffer ``tp`` feeds is at most half full (a full one holds
+        ``stream_buffer_maxsize`` messages, seconds of the agent's work: a 5 ms poll costs
+        nothing against that)."""
+        while True:
+            channels = self.app.topics._tp_index.get(tp, ())  # type: ignore[attr-defined]
+            if all(ch.queue.qsize() <= ch.queue.maxsize // 2 for ch in channels):
+                return
+            await asyncio.sleep(every_s)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         """Faust's only call here is the delivery of one message (5. in the module doc)."""
