@@ -9,7 +9,10 @@ Prints every round and min/median/max per broker; writes bench/results/stream.js
    so start-up and the last partition's tail do not count. The same backlog is read by a trivial
    Faust agent (counts messages, no table, no output) in the same run, timed the same way from
    its own count: the ratio is the cost of our work. The end-to-end figure (first to last
-   message) is printed too.
+   message) is printed too, and the CPU time each process spent on the same middle 80 %
+   (ms per 1,000 observations, all threads: /proc for the worker, ``time.process_time`` in
+   the agent): on a shared machine a busy neighbour slows the wall clock of one run, much less
+   the CPU a message costs, so ``cpu_ratio`` (trivial / worker) is the steadier comparison.
 2. Latency: a fresh prefix, the worker running, messages published at 1,000/s; p50/p99 of
    clsmon_observation_processing_latency_seconds (Kafka timestamp -> processed, every message)
    and of clsmon_observation_to_alert_latency_seconds (-> alert emitted), interpolated from the
@@ -71,10 +74,10 @@ app = faust.App(prefix + "trivial", broker=broker, **faust_settings(cfg, {tmp!r}
 consumer.install(app, 100)
 raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 topic = app.topic(*cfg.names.inputs, **raw)
-state = {{"n": 0, "first": None, "t10": None, "t90": None}}
+state = {{"n": 0, "first": None, "t10": None, "t90": None, "c10": None, "c90": None}}
 def write():
     open(out, "w").write(" ".join(str(state[k]) for k in ("n", "first", "t10", "t90"))
-                         + f" {{time.time()}}")
+                         + f" {{time.time()}} {{state['c10']}} {{state['c90']}}")
 @app.agent(topic)
 async def count(stream):
     async for event in stream.events():
@@ -82,9 +85,9 @@ async def count(stream):
         if state["first"] is None:
             state["first"] = time.time()
         if state["t10"] is None and state["n"] >= 0.1 * total:
-            state["t10"] = time.time()
+            state["t10"], state["c10"] = time.time(), time.process_time()
         if state["t90"] is None and state["n"] >= 0.9 * total:
-            state["t90"] = time.time()
+            state["t90"], state["c90"] = time.time(), time.process_time()
         if state["n"] >= total:
             write()
 @app.timer(0.2)
@@ -188,25 +191,34 @@ def _start_worker(url: str, prefix: str, workdir: Path, engine: str
     raise RuntimeError("worker did not become ready")
 
 
-def _wait_processed(port: int, n: int, timeout: float, every: float = 0.05
-                    ) -> list[tuple[float, float]]:
-    """(wall time, messages processed) polled until all n were processed."""
-    samples: list[tuple[float, float]] = []
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_processed(port: int, n: int, timeout: float, every: float = 0.05, pid: int = 0
+                    ) -> list[tuple[float, float, float]]:
+    """(wall time, messages processed, CPU seconds of ``pid`` or 0) polled until all n were
+    processed."""
+    samples: list[tuple[float, float, float]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = _total(_metrics(port), "clsmon_observations_total")
-        samples.append((time.time(), done))
+        samples.append((time.time(), done, _cpu_s(pid) if pid else 0.0))
         if done >= n:
             return samples
         time.sleep(every)
     raise RuntimeError(f"worker processed {done} of {n} in {timeout} s")
 
 
-def _crossing(samples: list[tuple[float, float]], count: float) -> float:
-    """When the processed count reached ``count``, interpolated between two polls."""
-    for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
-        if c0 < count <= c1:
-            return t0 + (t1 - t0) * (count - c0) / (c1 - c0)
+def _crossing(samples: list[tuple[float, float, float]], count: float, column: int = 0
+              ) -> float:
+    """When (``column`` 0: wall time; 2: CPU time) the processed count reached ``count``,
+    interpolated between two polls."""
+    for a, b in zip(samples, samples[1:], strict=False):
+        if a[1] < count <= b[1]:
+            return a[column] + (b[column] - a[column]) * (count - a[1]) / (b[1] - a[1])
     raise ValueError(f"{count} not crossed")
 
 
@@ -237,14 +249,15 @@ def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, h
     spy = _profiled(proc, profile)
     try:
         # polled every 0.25 s: each scrape costs the worker CPU
-        samples = _wait_processed(port, n, timeout=600, every=0.25)
+        samples = _wait_processed(port, n, timeout=600, every=0.25, pid=proc.pid)
     finally:
         if isinstance(spy, subprocess.Popen):
             spy.send_signal(2)  # SIGINT: py-spy writes the flame graph
             spy.wait(timeout=60)
         _stop(proc)
     middle = _crossing(samples, 0.9 * n) - _crossing(samples, 0.1 * n)
-    first = next(t for t, c in samples if c > 0)
+    middle_cpu = _crossing(samples, 0.9 * n, 2) - _crossing(samples, 0.1 * n, 2)
+    first = next(t for t, c, _ in samples if c > 0)
     out = workdir / f"{prefix}trivial.out"  # one per round: never an earlier round's count
     script = workdir / "trivial.py"
     script.write_text(TRIVIAL_AGENT.format(root=str(ROOT), tmp=str(workdir / f"{prefix}trivial")))
@@ -263,13 +276,17 @@ def throughput(broker: LocalBroker, engine: str, workdir: Path, patients: int, h
             raise RuntimeError(f"trivial agent read {fields[:1]} of {n} in 300 s")
     finally:
         _stop(trivial)
-    t_first, t10, t90, t_last = (float(x) for x in fields[1:])
+    t_first, t10, t90, t_last, c10, c90 = (float(x) for x in fields[1:])
     ours = 0.8 * n / middle
     base = 0.8 * n / (t90 - t10)
+    ours_cpu, base_cpu = middle_cpu / (0.8 * n) * 1e6, (c90 - c10) / (0.8 * n) * 1e6
     return {"messages": n, "worker_obs_per_s": round(ours), "trivial_agent_obs_per_s":
             round(base), "ratio_worker_to_trivial": round(ours / base, 3),
             "worker_end_to_end_obs_per_s": round(n / (samples[-1][0] - first)),
-            "trivial_end_to_end_obs_per_s": round(n / (t_last - t_first))}
+            "trivial_end_to_end_obs_per_s": round(n / (t_last - t_first)),
+            "worker_cpu_ms_per_1k_obs": round(ours_cpu, 1),
+            "trivial_cpu_ms_per_1k_obs": round(base_cpu, 1),
+            "cpu_ratio_trivial_to_worker": round(base_cpu / ours_cpu, 3)}
 
 
 def latency(broker: LocalBroker, engine: str, workdir: Path, rate: float, seconds: float,
@@ -327,22 +344,29 @@ def run_engine(engine: str, args: argparse.Namespace, workdir: Path) -> dict[str
         for r in range(1, args.rounds + 1):
             profile = (Path(args.profile) / f"worker-{engine}.{args.profile_format}"
                        if args.profile and r == 1 else None)
+            load = os.getloadavg()  # the machine is shared: every figure with its load
             tp = throughput(broker, engine, workdir, args.patients, args.hours, f"bt{r}.",
                             profile)
             lat = latency(broker, engine, workdir, args.rate, args.seconds, f"bl{r}.")
-            print(f"{engine} round {r}: {tp['messages']} messages, worker "
+            print(f"{engine} round {r} (load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): "
+                  f"{tp['messages']} messages, worker "
                   f"{tp['worker_obs_per_s']:,}/s, trivial Faust agent "
-                  f"{tp['trivial_agent_obs_per_s']:,}/s, ratio {tp['ratio_worker_to_trivial']}; "
+                  f"{tp['trivial_agent_obs_per_s']:,}/s, ratio {tp['ratio_worker_to_trivial']} "
+                  f"(CPU ms per 1k obs {tp['worker_cpu_ms_per_1k_obs']} vs "
+                  f"{tp['trivial_cpu_ms_per_1k_obs']}: {tp['cpu_ratio_trivial_to_worker']}); "
                   f"at {lat['achieved_rate']}/s: processing p50/p99 "
                   f"{_s(lat['processing_p50_s'])}/{_s(lat['processing_p99_s'])} s, "
                   f"{lat['alerts']:.0f} alerts p50/p99 {_s(lat['alert_p50_s'])}/"
                   f"{_s(lat['alert_p99_s'])} s", flush=True)
-            rounds.append({"throughput": tp, "latency": lat})
+            rounds.append({"load_average_at_start": load, "throughput": tp, "latency": lat})
     summary = {
         key: _spread([float(r[part][key]) for r in rounds if r[part][key] is not None])
         for part, key in (("throughput", "worker_obs_per_s"),
                           ("throughput", "trivial_agent_obs_per_s"),
                           ("throughput", "ratio_worker_to_trivial"),
+                          ("throughput", "worker_cpu_ms_per_1k_obs"),
+                          ("throughput", "trivial_cpu_ms_per_1k_obs"),
+                          ("throughput", "cpu_ratio_trivial_to_worker"),
                           ("latency", "processing_p50_s"), ("latency", "processing_p99_s"),
                           ("latency", "alert_p50_s"), ("latency", "alert_p99_s"))}
     print(f"{engine} over {len(rounds)} rounds (min / median / max): " + "; ".join(
