@@ -77,6 +77,31 @@ def test_a_release_asks_the_consumer_once_per_source() -> None:
     assert asked == ["p", "v"]  # labs are at 2,000, past every vital: never asked
 
 
+def test_a_source_seen_caught_up_stays_caught_up_for_the_messages_before_it() -> None:
+    """Labs seen holding nothing more at 5,000: whatever they deliver later was appended after
+    that, so dated 4,700 or later; a vital dated 4,700 or earlier needs no new answer, even
+    when labs have more on the broker by now; one dated later does."""
+    m: PartitionMerge[str] = PartitionMerge(SOURCES, grace_ms=300, now_ms=0)
+    answers: dict[str, int | None] = {"p": 60_000, "l": 5_000}
+    asked: list[str] = []
+
+    def probe(source: str) -> int | None:
+        asked.append(source)
+        return answers[source]
+
+    m.push("v", 1_000, 0, "v1", now_ms=60_000)
+    assert m.pop_ready(60_000, probe) == ["v1"]
+    answers["l"] = None  # more labs on the broker now
+    asked.clear()
+    m.push("v", 4_700, 1, "v2", now_ms=60_001)
+    m.push("v", 4_701, 2, "v3", now_ms=60_001)
+    assert m.pop_ready(60_001, probe) == ["v2"]  # v3 may still have a lab before it
+    assert asked == ["l"]  # p (60,000) and l (5,000) were remembered; l asked for v3 only
+    m.push("l", 4_800, 0, "lab", now_ms=60_002)
+    answers["v"] = None  # vitals: more on the broker, so the lab waits for them
+    assert m.pop_ready(60_002, probe) == ["v3"]
+
+
 def test_a_timestamp_ahead_of_the_arrival_is_clamped_to_it() -> None:
     """A gateway clock a day ahead: its message is merged at its arrival, not held a day."""
     day = 86_400_000

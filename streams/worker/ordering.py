@@ -16,6 +16,11 @@ timestamp, or when it is **caught up**: a fetch response the consumer received a
 ``grace_ms`` after the message's timestamp showed that the source's partition held nothing the
 worker has not received (``caught_up(source)``, from ``streams.kafka.consumer``). ``grace_ms``
 is the bound on how much later than its timestamp a producer's record may be appended to the log.
+Such a response stays true once seen: every record the source delivers later was appended after
+it, so its timestamp is at least that response's time minus ``grace_ms``. The merge therefore
+remembers the latest caught-up time each source was seen at and asks the consumer again only
+when a message is too recent for it (in a backlog almost never: an empty ``patients`` topic would
+otherwise be asked about at every message).
 
 Why the broker's word and not a quiet spell (issue 14, item 8): this merge used to take a source
 that had delivered nothing for ``grace_ms`` of wall clock for a silent one. Under a backlog a busy
@@ -90,6 +95,8 @@ class PartitionMerge(Generic[T]):
         self._heap: list[tuple[int, int, int, int, object, T]] = []
         self._last_ts = dict.fromkeys(sources, _NEVER)
         self._last_seen = dict.fromkeys(sources, now_ms)
+        #: per source, the latest time it was seen caught up (``caught_up``); never lowered
+        self._caught_up_at: dict[str, int] = {}
         self._seq = itertools.count()
         self._released = _NEVER  # the latest timestamp released so far
         self._released_by_key: dict[object, int] = {}  # ... per key (patient), recent ones
@@ -125,10 +132,10 @@ class PartitionMerge(Generic[T]):
     def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
 
-        ``caught_up(source)`` is asked only when a release depends on that source, and at most
-        once per source and call: one snapshot of the consumer for the whole release (it is
-        asked on the hot path, once per message, and a source that never delivers, e.g. an
-        empty ``patients`` topic, is in every decision).
+        ``caught_up(source)`` is asked only when a release depends on that source and the
+        latest time it was seen caught up is too early for the message, and at most once per
+        source and call (the consumer is read on the hot path; an empty ``patients`` topic is
+        in every decision).
         """
         out: list[T] = []
         heap = self._heap
@@ -164,19 +171,23 @@ class PartitionMerge(Generic[T]):
     def _may_release(self, ts: int, rank: int, caught_up: CaughtUp,
                      asked: dict[str, int | None]) -> bool:
         """No source can still deliver a message before ``(ts, rank)``; ``asked`` holds the
-        answers of ``caught_up`` given in this release (one snapshot per call)."""
+        answers of ``caught_up`` given in this release (one snapshot per call), and
+        ``_caught_up_at`` the latest time each source was seen caught up (module doc)."""
         for source, source_rank in self._rank.items():
             last = self._last_ts[source]
             # a source ranked before this message must have moved strictly past its timestamp
             # (an equal timestamp from it would sort first); one ranked after, at least to it
             if last > ts or (last == ts and source_rank >= rank):
                 continue
-            if source in asked:
-                at = asked[source]
-            else:
+            known = self._caught_up_at.get(source, _NEVER)
+            if known >= ts + self._grace:
+                continue  # seen caught up grace_ms after this message: nothing earlier
+            if source not in asked:  # its answer in this call is in ``known`` already
                 at = asked[source] = caught_up(source)
-            if at is not None and at >= ts + self._grace:
-                continue
+                if at is not None and at > known:
+                    self._caught_up_at[source] = at
+                    if at >= ts + self._grace:
+                        continue
             return False
         return True
 
