@@ -199,7 +199,10 @@ class _Replay:
         """Rows ``start:stop`` of a chunk (positions in processing order).
 
         The per-row work is kept to the engine's ``step``: the common outcome (accepted, no
-        alert) touches no counter; the others are counted on their own branch."""
+        alert) touches no counter; the others are counted on their own branch. A file's rows
+        come in runs of one patient (a vital set, a patient's export), so the state of the
+        previous row's patient is reused without a lookup (``step`` updates it in place; the
+        bulk gate gives one shared string per patient id, so ``is`` recognises it)."""
         observations = batch.observations
         result, th, counts = self.result, self.th, self.counts
         states = result.states
@@ -207,9 +210,10 @@ class _Replay:
         alerts = result.alerts
         seen, unseen = result.patients, self.unseen
         others = 0  # rows not accepted (refused, duplicates, late, retractions)
+        pid: str | None = None  # the previous row's patient, whose state is ``state``
+        state: PatientState | None = None
         o: Observation | Retraction | None
-        for j in range(start, stop):
-            o = observations[j]
+        for j, o in enumerate(observations[start:stop], start):
             if o is None:
                 checked = normalise(_row_dict(batch.columns, batch.rows[j]))
                 if isinstance(checked, Rejection):
@@ -217,24 +221,25 @@ class _Replay:
                     others += 1
                     continue
                 o = checked
-            pid = o.patient_id
-            state = states_get(pid)
+            p = o.patient_id
+            if p is not pid:
+                pid, state = p, states_get(p)
             new_state, raised, status, rejection = step(state, o, th)
             if state is None:
-                states[pid] = new_state
+                states[p] = state = new_state
                 if status != "rejected":
-                    seen.add(pid)
-            elif unseen and pid in unseen and status != "rejected":
-                seen.add(pid)
-                unseen.discard(pid)
+                    seen.add(p)
+            elif unseen and p in unseen and status != "rejected":
+                seen.add(p)
+                unseen.discard(p)
             if status != "accepted":
                 others += 1
                 counts[status] += 1
                 if status == "rejected":
-                    if pid not in seen:
-                        unseen.add(pid)  # its state exists, but no row of it was accepted yet
+                    if p not in seen:
+                        unseen.add(p)  # its state exists, but no row of it was accepted yet
                 else:
-                    seen.add(pid)
+                    seen.add(p)
                 if rejection is not None:
                     self._reject(batch, j, rejection)
             if raised:  # as the worker: a late reading or a retraction may decide too
