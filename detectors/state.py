@@ -36,7 +36,7 @@ Layout (short keys because the changelog stores this once per update):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the engine's reply type; state.py is imported by detectors.phases
@@ -344,10 +344,16 @@ def state_size_bytes(st: PatientState) -> int:
     return len(st.to_json())
 
 
+#: every attribute of a state (its dataclass fields: with ``slots=True``, its ``__slots__`` too;
+#: read from the fields so that a compiled build of the engine, whose classes have no
+#: ``__slots__``, starts a stay the same way)
+_FIELD_NAMES = tuple(f.name for f in fields(PatientState))
+
+
 def reset_stay(st: PatientState) -> None:
     """Start a new stay in place (callers hold the object): the ADT facts (sex, admission
     weight, ward, bed) are kept, everything measured is forgotten."""
     fresh = PatientState(st.patient_id, sex=st.sex, weight_kg=st.weight_kg, ward=st.ward,
                          bed=st.bed)
-    for name in PatientState.__slots__:
+    for name in _FIELD_NAMES:
         setattr(st, name, getattr(fresh, name))
