@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-stream bench-load bench-soak bench-hl7 mutation clean help
+.PHONY: install test lint typecheck screenshots demo bench bench-replay-10m bench-replay-10m-compiled bench-stream bench-load bench-soak bench-hl7 mutation clean help
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench: $(STAMP)  ## benchmarks; figures printed and written to bench/results/
 
 bench-replay-10m: $(STAMP)  ## replay in bounded memory: 10M rows, obs/s and peak RSS (same alerts as in memory)
 	$(BIN)/python bench/chunked_replay_bench.py --rows 10000000
+
+bench-replay-10m-compiled: $(STAMP)  ## the same with detectors/ compiled by mypyc (in a temporary folder; needs gcc)
+	$(BIN)/python bench/chunked_replay_bench.py --rows 10000000 --compiled
 
 # mutation testing has its own venv: mutmut 3.8 needs click >= 8.4.2, faust-streaming 0.15.3
 # click < 8.4 (the mutated tests never start Faust), so it is installed after the project
