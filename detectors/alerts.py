@@ -27,6 +27,8 @@ from detectors.observation import format_time
 PHASES = ("none", "prodromal", "leak", "recovery")
 SEVERITIES = ("none", "info", "warning", "high", "critical")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+#: units of evidence that counts things (``phases._with_late_readings``)
+COUNT_UNITS = ("readings",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,10 @@ class Evidence:
             else self.observed_at_ms
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"criterion": self.criterion, "value": round(self.value, 2),
+        """The evidence as the alert's JSON carries it; a count (unit ``readings``) as a whole
+        number (``8``, never ``8.0``, also when a compiled build stored it as a float)."""
+        value = int(self.value) if self.unit in COUNT_UNITS else round(self.value, 2)
+        d: dict[str, Any] = {"criterion": self.criterion, "value": value,
                              "unit": self.unit, "threshold": self.threshold,
                              "observed_at": format_time(self.observed_at_ms)}
         if self.baseline is not None:

@@ -6,9 +6,12 @@ draw, so arrival order is not event order). Handmade streams pin the exact timin
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from builders import HOUR, MIN, T0, by_time, obs, phases, run, vitals
 
+from detectors.alerts import Evidence
 from detectors.config import thresholds_from_mapping
 from detectors.observation import parse_time_ms
 from detectors.state import PatientState
@@ -286,6 +289,17 @@ def test_a_reading_too_late_for_the_hypotension_rule_is_counted_for_the_patient_
     assert [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in in_order] == \
         [(a.alert_id, a.raised_at_ms, a.onset_at_ms) for a in alerts]
     assert all(e.criterion != "late_bp_readings" for a in in_order for e in a.evidence)
+    assert json.dumps(shown[0].to_dict()["value"]) == "1"
+
+
+def test_a_count_in_the_evidence_prints_as_a_whole_number_whatever_type_holds_it():
+    """A count of readings reads "8" in the alert's JSON, also when the value was stored as a
+    float (a build compiled by mypyc keeps ``Evidence.value`` as a C double)."""
+    for held in (8, 8.0):
+        evidence = Evidence("late_bp_readings", held, "readings", "> 60 min", T0)
+        assert json.dumps(evidence.to_dict()["value"]) == "8"
+    assert json.dumps(Evidence("hypotension", 78.0, "mmHg", "<= 90", T0).to_dict()["value"]) \
+        == "78.0"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
