@@ -15,9 +15,10 @@ file).
 compiler (pinned in the dev extras; needs a C compiler and the Python headers): ``detectors/`` is
 copied to a temporary folder and built there, so the source tree itself stays interpreted. The
 compiled run's alerts on the 1M-row file are compared byte for byte with the interpreted one's.
-Not yet a build to ship: a compiled ``float`` field stores an int as a float, so the count of
-late blood-pressure readings (``Evidence.value``) prints ``8.0`` instead of ``8`` (5 evidence
-entries of the MIMIC-III demo replay; the 1M-row file has no late readings).
+A compiled ``float`` field or parameter holds an int as a float (``8`` becomes ``8.0``): the one
+such value found in the alerts (the count of late blood-pressure readings, MIMIC-III demo) is
+printed as a whole number by ``Evidence.to_dict``; the 1M-row file has no late readings, so
+compare other inputs too before shipping a compiled build.
 
     python bench/chunked_replay_bench.py [--rows 10000000] [--runs 3] [--compiled]
                                          [--out bench/results/chunked.json]
