@@ -4,6 +4,7 @@ limits; with Debian's ``mllp_send`` (a sender nobody here wrote) against the rea
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -94,10 +95,12 @@ def test_the_ack_waits_for_kafka_and_is_ar_when_kafka_fails() -> None:
     asyncio.run(scenario())
 
 
-def test_stamps_are_in_send_order_across_patients_and_strictly_increasing_per_patient() -> None:
-    """The worker orders a partition's topics by timestamp: a later record of one partition
-    must never carry an earlier stamp than the one before it, whoever its patient (a monitor
-    sends several values in the same ms; the next patient's were stamped behind them)."""
+def test_stamps_are_in_send_order_and_later_when_a_patient_changes_topic() -> None:
+    """The worker orders a partition's topics by timestamp: a later record must never carry an
+    earlier stamp than the one before it, whoever its patient (a monitor sends several values
+    in the same ms; the next patient's were stamped behind them), and a patient's record on
+    another topic than its previous one must carry a later stamp (an admission, then its
+    vitals). Within one topic an equal stamp keeps the order (offsets)."""
     async def scenario() -> None:
         sink = HeldSink()
         sink.release.set()
@@ -107,17 +110,23 @@ def test_stamps_are_in_send_order_across_patients_and_strictly_increasing_per_pa
                             clock=lambda: 1_800_000_000.0)  # a clock that stands still
         server = await listener.start()
         reader, writer = await open_hl7_connection("127.0.0.1", port)
-        for control_id, patient in (("M1", "111"), ("M2", "222"), ("M3", "111")):
-            writer.writeblock(monitor_mdc(control_id, T, 84, 42, 56, 118, patient=patient))
+        for block in (adt("A1", "A01", patient="111"),
+                      monitor_mdc("M1", T, 84, 42, 56, 118, patient="111"),
+                      monitor_mdc("M2", T, 84, 42, 56, 118, patient="222"),
+                      adt("A2", "A08", patient="111"),
+                      monitor_mdc("M3", T, 84, 42, 56, 118, patient="111")):
+            writer.writeblock(block)
             await writer.drain()
             assert _code(await asyncio.wait_for(reader.readblock(), 5)) == "AA"
         writer.close()
         server.close()
         stamps = [ts for _, _, _, ts in sink.sent]
-        assert len(stamps) == 12 and stamps == sorted(stamps)
+        assert len(stamps) >= 14 and stamps == sorted(stamps)
         for patient in (b"111", b"222"):
-            mine = [ts for _, key, _, ts in sink.sent if key == patient]
-            assert len(set(mine)) == len(mine)
+            mine = [(topic, ts) for topic, key, _, ts in sink.sent if key == patient]
+            for (topic, ts), (next_topic, next_ts) in itertools.pairwise(mine):
+                assert next_ts > ts if next_topic != topic else next_ts >= ts
+        assert stamps[-1] - stamps[0] <= 4  # one ms per change of topic, not per record
 
     asyncio.run(scenario())
 

@@ -66,21 +66,27 @@ class Publisher:
         self._clock = clock
         options.update(producer_options)
         self._producer = connect(target).producer(**options)
-        self._last_ts: dict[str, int] = {}
+        self._last_ts: dict[str, tuple[int, str | None]] = {}
         self._last_any = 0
         self.sent = 0
 
-    def next_timestamp(self, order_key: str) -> int:
-        """Wall clock in ms, strictly after the previous timestamp given to ``order_key`` and
-        never before the previous one given to any key: in send order, so that within every
-        partition the timestamps are in the order of the records (the arrival order the
-        ordering merge relies on, ``streams.worker.ordering``). Stamping each patient on its
-        own put one patient's stamp a ms or two ahead of the next patient's in the same
-        partition, and the merge released a lab of that next patient ahead of its earlier
-        vital (34 messages merged behind in one run of tests/test_stream_backlog.py)."""
-        ts = max(int(self._clock() * 1000), self._last_any,
-                 self._last_ts.get(order_key, 0) + 1)
-        self._last_ts[order_key] = self._last_any = ts
+    def next_timestamp(self, order_key: str, topic: str | None = None) -> int:
+        """Wall clock in ms, never before the previous timestamp given to any key (send order:
+        within every partition the timestamps are in the order of the records, the arrival
+        order the ordering merge relies on, ``streams.worker.ordering``), and strictly after
+        the previous one given to ``order_key`` when it was for another ``topic`` (None:
+        always), so that a patient's topics merge in send order; within one topic the offsets
+        keep it. Stamped per patient only, one patient's stamp ran a ms or two ahead of the
+        next patient's in the same partition, and the merge released a lab of that patient
+        ahead of its earlier vital (34 merged behind in one run of
+        tests/test_stream_backlog.py); strictly increasing for every message, a producer
+        could not send more than about one message per ms."""
+        ts = max(int(self._clock() * 1000), self._last_any)
+        last = self._last_ts.get(order_key)
+        if last is not None:
+            ts = max(ts, last[0] + 1 if topic is None or topic != last[1] else last[0])
+        self._last_ts[order_key] = (ts, topic)
+        self._last_any = ts
         return ts
 
     def send(self, topic: str, key: str | bytes | None, value: bytes,
@@ -90,7 +96,7 @@ class Publisher:
         if timestamp_ms is None:
             order_key = patient_id if patient_id is not None else (
                 key.decode("utf-8", "replace") if isinstance(key, bytes) else key or "")
-            timestamp_ms = self.next_timestamp(order_key)
+            timestamp_ms = self.next_timestamp(order_key, topic)
             ahead_s = timestamp_ms / 1000 - self._clock()
             if ahead_s > 0.001:
                 # more than one message per ms for one patient: wait rather than stamp a time

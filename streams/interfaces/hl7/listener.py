@@ -135,7 +135,7 @@ class Listener:
         self.metrics = metrics
         self.clock = clock
         self.open = 0
-        self._last_ts: dict[str, int] = {}
+        self._last_ts: dict[str, tuple[int, str]] = {}
         self._last_any = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -205,7 +205,7 @@ class Listener:
         reading = read_message(raw, self.cfg.settings)
         outgoing: list[tuple[str, bytes | None, bytes, int]] = [
             (getattr(self.cfg.names, r.role), r.patient_id.encode(), codec.encode(r.doc),
-             self._stamp(r.patient_id, now_ms)) for r in reading.records]
+             self._stamp(r.patient_id, r.role, now_ms)) for r in reading.records]
         reason = reading.dead_letter_reason
         if reason is not None:
             outgoing.append((self.cfg.names.dead_letters, None,
@@ -229,14 +229,19 @@ class Listener:
         self.metrics.messages.labels(kind, code).inc()
         return build_ack(reading, now_ms, code, errs)
 
-    def _stamp(self, patient_id: str, now_ms: int) -> int:
-        """Wall clock, strictly increasing per patient and never before the previous stamp
-        of any patient: the worker's arrival order is the timestamp order, and within a
-        partition it must be the order of the records (``streams.worker.ordering``)."""
-        ts = max(now_ms, self._last_any, self._last_ts.get(patient_id, 0) + 1)
-        self._last_ts[patient_id] = self._last_any = ts
+    def _stamp(self, patient_id: str, topic: str, now_ms: int) -> int:
+        """Wall clock, never before the previous stamp of any patient, and strictly after the
+        patient's previous one when that was for another topic: the worker's arrival order is
+        the timestamp order, within a partition the order of the records, and between a
+        patient's topics the order they were sent in (``streams.worker.ordering``)."""
+        ts = max(now_ms, self._last_any)
+        last = self._last_ts.get(patient_id)
+        if last is not None:
+            ts = max(ts, last[0] + 1 if topic != last[1] else last[0])
+        self._last_ts[patient_id] = (ts, topic)
+        self._last_any = ts
         if len(self._last_ts) > 50_000:  # forget patients quiet for a minute
-            self._last_ts = {p: t for p, t in self._last_ts.items() if t > now_ms - 60_000}
+            self._last_ts = {p: t for p, t in self._last_ts.items() if t[0] > now_ms - 60_000}
         return ts
 
 
