@@ -203,6 +203,20 @@ def _add_producer_batch(p: argparse.ArgumentParser) -> None:
                         "table recovery (env CLSMON_PRODUCER_MAX_BATCH_SIZE)")
 
 
+class PortInUseError(Exception):
+    """A port this command must listen on is taken (the user's to fix: exit 2, one line)."""
+
+
+def _web_port_free(args: argparse.Namespace, port_env: str) -> None:
+    """Before Kafka is touched: a metrics port in use (a second worker on the default port, a
+    worker beside the demo) is one line, not a traceback from the HTTP server."""
+    from streams.kafka.local import port_in_use
+
+    if args.web_port and port_in_use(args.web_port, args.web_host):
+        raise PortInUseError(f"port {args.web_port} on {args.web_host} (/metrics) is in use: "
+                             f"choose another with --web-port N (or {port_env}), or 0 for none")
+
+
 def _add_web_options(p: argparse.ArgumentParser, port_env: str, port: int) -> None:
     """The HTTP server of a long-running process: /metrics, /healthz, /readyz."""
     p.add_argument("--web-port", type=int, default=int(_env(port_env, str(port)) or port),
@@ -265,6 +279,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     load_thresholds(args.thresholds)  # a bad file is reported before Kafka is touched
+    _web_port_free(args, "CLSMON_METRICS_PORT")
     config = _worker_config(args)
     config.connection.check()  # an unreachable broker: one line within seconds
     from streams.worker.app import run
@@ -303,6 +318,7 @@ def _cmd_notify(args: argparse.Namespace) -> int:
     from streams.notify.routing import load_routing
 
     load_routing(args.config)  # a bad file is a one-line error, before Faust starts
+    _web_port_free(args, "CLSMON_NOTIFY_METRICS_PORT")
     connection = kafka_connection(args)
     connection.check()
     from streams.notify.app import NotifyConfig, run
@@ -560,13 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundError,
-                                                 PermissionError)
+                                                 PermissionError, PortInUseError)
 
 
 def _cmd_hl7_listen(args: argparse.Namespace) -> int:
     from streams.interfaces.hl7.listener import ListenerConfig, run
     from streams.kafka.topics import TopicNames
 
+    _web_port_free(args, "CLSMON_HL7_METRICS_PORT")
     settings, _ = _interface_settings(args)
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
         if path and not os.path.exists(path):

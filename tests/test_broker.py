@@ -197,3 +197,32 @@ def test_a_cluster_id_never_begins_with_a_dash() -> None:
     ids = [new_cluster_id() for _ in range(2_000)]
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_code_2_before_kafka_is_touched() -> None:
+    """A second worker on the default metrics port, or a worker beside the demo: one line that
+    names the port and the flag, exit code 2 (it was a 28-line traceback from the HTTP server,
+    after connecting to Kafka)."""
+    import socket
+    import subprocess
+    import sys
+
+    from stream_support import ROOT, child_env
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        for command in (["worker"], ["notify"], ["hl7", "listen", "--port", "0"]):
+            done = subprocess.run([sys.executable, "-m", "streams.cli", *command,
+                                   "--broker", "127.0.0.1:1", "--web-port", str(port)],
+                                  cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                                  timeout=60)
+            err = done.stderr
+            assert done.returncode == 2, (command, err)
+            assert err.count("\n") == 1 and "Traceback" not in err, (command, err)
+            assert f"port {port} on 127.0.0.1 (/metrics) is in use" in err, err
+            assert "--web-port" in err, err
+    finally:
+        taken.close()
