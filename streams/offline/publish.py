@@ -54,7 +54,8 @@ def cohort_messages(patients: Sequence[Patient], names: TopicNames) -> Iterator[
 
 
 class Publisher:
-    """A Kafka producer that stamps timestamps in send order, strictly increasing per patient.
+    """A Kafka producer that stamps timestamps in send order, later for a patient whose topic
+    changed (``next_timestamp``).
 
     Idempotent with ``acks=all`` (kafka-python's defaults): a leader that fails mid-stream
     loses nothing and duplicates nothing. ``target``: a ``KafkaConnection`` or a plaintext
@@ -99,8 +100,8 @@ class Publisher:
             timestamp_ms = self.next_timestamp(order_key, topic)
             ahead_s = timestamp_ms / 1000 - self._clock()
             if ahead_s > 0.001:
-                # more than one message per ms for one patient: wait rather than stamp a time
-                # ahead of the clock, which a consumer must treat as a skewed clock
+                # a patient changing topic more than once per ms: wait rather than stamp a
+                # time ahead of the clock, which a consumer must treat as a skewed clock
                 # (streams.worker.ordering)
                 time.sleep(ahead_s)
         ts = timestamp_ms
