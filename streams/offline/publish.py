@@ -16,6 +16,7 @@ from typing import Any
 from detectors.observation import parse_time_ms
 from streams.kafka import codec
 from streams.kafka.connection import Connectable, connect
+from streams.kafka.stamps import SendOrderStamps
 from streams.kafka.topics import LAB_KINDS, TopicNames
 from streams.offline.simulator import Patient
 
@@ -67,28 +68,12 @@ class Publisher:
         self._clock = clock
         options.update(producer_options)
         self._producer = connect(target).producer(**options)
-        self._last_ts: dict[str, tuple[int, str | None]] = {}
-        self._last_any = 0
+        self._stamps = SendOrderStamps()
         self.sent = 0
 
     def next_timestamp(self, order_key: str, topic: str | None = None) -> int:
-        """Wall clock in ms, never before the previous timestamp given to any key (send order:
-        within every partition the timestamps are in the order of the records, the arrival
-        order the ordering merge relies on, ``streams.worker.ordering``), and strictly after
-        the previous one given to ``order_key`` when it was for another ``topic`` (None:
-        always), so that a patient's topics merge in send order; within one topic the offsets
-        keep it. Stamped per patient only, one patient's stamp ran a ms or two ahead of the
-        next patient's in the same partition, and the merge released a lab of that patient
-        ahead of its earlier vital (34 merged behind in one run of
-        tests/test_stream_backlog.py); strictly increasing for every message, a producer
-        could not send more than about one message per ms."""
-        ts = max(int(self._clock() * 1000), self._last_any)
-        last = self._last_ts.get(order_key)
-        if last is not None:
-            ts = max(ts, last[0] + 1 if topic is None or topic != last[1] else last[0])
-        self._last_ts[order_key] = (ts, topic)
-        self._last_any = ts
-        return ts
+        """Wall clock in ms, in send order (``streams.kafka.stamps.SendOrderStamps``)."""
+        return self._stamps.next(order_key, topic, int(self._clock() * 1000))
 
     def send(self, topic: str, key: str | bytes | None, value: bytes,
              patient_id: str | None = None, timestamp_ms: int | None = None) -> None:

@@ -43,6 +43,7 @@ from streams.interfaces.hl7.ack import build_ack
 from streams.interfaces.hl7.inbound import Err, Hl7Settings, Reading, read_message
 from streams.kafka import codec
 from streams.kafka.connection import Connectable, connect
+from streams.kafka.stamps import SendOrderStamps
 from streams.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ class Listener:
         self.metrics = metrics
         self.clock = clock
         self.open = 0
-        self._last_ts: dict[str, tuple[int, str]] = {}
-        self._last_any = 0
+        self._stamps = SendOrderStamps()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> asyncio.AbstractServer:
@@ -230,18 +230,10 @@ class Listener:
         return build_ack(reading, now_ms, code, errs)
 
     def _stamp(self, patient_id: str, topic: str, now_ms: int) -> int:
-        """Wall clock, never before the previous stamp of any patient, and strictly after the
-        patient's previous one when that was for another topic: the worker's arrival order is
-        the timestamp order, within a partition the order of the records, and between a
-        patient's topics the order they were sent in (``streams.worker.ordering``)."""
-        ts = max(now_ms, self._last_any)
-        last = self._last_ts.get(patient_id)
-        if last is not None:
-            ts = max(ts, last[0] + 1 if topic != last[1] else last[0])
-        self._last_ts[patient_id] = (ts, topic)
-        self._last_any = ts
-        if len(self._last_ts) > 50_000:  # forget patients quiet for a minute
-            self._last_ts = {p: t for p, t in self._last_ts.items() if t[0] > now_ms - 60_000}
+        """Wall clock, in send order (``streams.kafka.stamps.SendOrderStamps``)."""
+        ts = self._stamps.next(patient_id, topic, now_ms)
+        if len(self._stamps) > 50_000:  # forget patients quiet for a minute
+            self._stamps.forget_before(now_ms - 60_000)
         return ts
 
 
