@@ -161,10 +161,33 @@ def _wait_total(workers: Sequence[WorkerProcess], at_least: float, base: float =
 
 
 def _alert_ids(bootstrap: str, names: TopicNames, expected: set[str]) -> set[str]:
+    return {d["alert_id"] for d in _alerts(bootstrap, names, expected)}
+
+
+def _alerts(bootstrap: str, names: TopicNames, expected: set[str]) -> list[dict[str, Any]]:
     records = read_topic(bootstrap, names.alerts,
                          lambda rs: {d["alert_id"] for d in alert_docs(rs)} >= expected,
                          timeout=30)
-    return {d["alert_id"] for d in alert_docs(records)}
+    return alert_docs(records)
+
+
+def _divergence(got: list[dict[str, Any]], reference: Sequence[Any]) -> str:
+    """The alerts only one side raised, and the other side's alerts of the same patients, in
+    a few fields each: what a failure needs to be understood without a re-run."""
+    expected = {a.alert_id: a.to_dict() for a in reference}
+    streamed = {d["alert_id"]: d for d in got}
+    odd = (streamed.keys() - expected.keys()) | (expected.keys() - streamed.keys())
+    patients = {d["patient_id"] for d in [*streamed.values(), *expected.values()]
+                if d["alert_id"] in odd}
+    fields = ("alert_id", "patient_id", "previous_phase", "phase", "severity", "episode",
+              "raised_at", "onset_at", "summary")
+    lines = []
+    for side, docs in (("stream", streamed), ("replay", expected)):
+        for d in docs.values():
+            if d["patient_id"] in patients:
+                mark = "ONLY " if d["alert_id"] in odd else ""
+                lines.append(f"  {mark}{side}: " + json.dumps({k: d.get(k) for k in fields}))
+    return "\n".join(sorted(lines))
 
 
 def _dead_letter_offsets(bootstrap: str, names: TopicNames, at_least: int
@@ -250,7 +273,8 @@ def test_rebalance_and_kill_lose_nothing_and_alert_like_the_replay(
         counts = {t: sum(1 for m in messages if m.topic == t) for t in names.inputs}
         ends = _input_ends(kafka_bootstrap, names, counts)
         _wait_all_committed(kafka_bootstrap, _group(names), ends, timeout=40, workers=[b2])
-        got = _alert_ids(kafka_bootstrap, names, expected)
+        streamed = _alerts(kafka_bootstrap, names, expected)
+        got = {d["alert_id"] for d in streamed}
         final = b2.metrics()
         everything = [*gone, final]
         total = sum(_processed(m) for m in everything)
@@ -259,7 +283,8 @@ def test_rebalance_and_kill_lose_nothing_and_alert_like_the_replay(
         assert sum(_outcome(m, "dead_letter") for m in everything) >= rejects > 0
         assert len(_dead_letter_offsets(kafka_bootstrap, names, rejects)) == rejects
         if got != expected:
-            raise Diverged(f"extra {got - expected}, missing {expected - got}\n{b2.output()}")
+            raise Diverged(f"extra {got - expected}, missing {expected - got}\n"
+                           f"{_divergence(streamed, reference.alerts)}\n{b2.output()}")
         b2.wait_drained()
         assert b2.stop() == 0, b2.output()
         _clinicians_notified_once(kafka_bootstrap, names, expected, tmp_path)
