@@ -28,6 +28,11 @@ Layout (short keys because the changelog stores this once per update):
   supports it, and a reading held back as "in the future" (``detectors.plausibility``);
   ``arrived``: the latest availability seen (an alert is never raised before its evidence was
   there); ``wref``: a weighing refused as a jump (two that agree replace the reference);
+- ``applied``: per input source, the position ``[offset, timestamp_ms]`` of the last record
+  folded into this state. Opaque to the engine: the stream worker writes it with the state in
+  one changelog write and skips a redelivered record at or before it
+  (``streams.worker.store.already_applied``), so at-least-once delivery never folds a
+  reading in twice, however many came again after a crash (``seen`` alone remembers 8);
 - ``late``: ``[count, t]``: blood-pressure readings that came too late for the hypotension rule
   (``Thresholds.bp_late_horizon_min`` behind ``max_t``) and the event time of the latest of them;
   the patient's alerts show it, so a reading left out of detection is never left out silently.
@@ -62,7 +67,7 @@ _OPTIONAL = (("pd", "pending"), ("sex", "sex"), ("wkg", "weight_kg"), ("ue", "uo
              ("ar", "arrived"), ("ev", "last_evidence"), ("rz", "raised"), ("wref", "wref"),
              ("wd", "ward"), ("bd", "bed"))
 _CONTAINERS = ("bl", "blr", "fold", "hypo", "norm", "labs", "wt", "uo", "last", "seen", "iv",
-               "late")
+               "late", "applied")
 
 
 @dataclass(slots=True)
@@ -108,6 +113,9 @@ class PatientState:
     fb: dict[int, list[float]] = field(default_factory=dict)
     #: ``[count, t]`` of blood-pressure readings too late for the hypotension rule
     late: list[int] = field(default_factory=list)
+    #: per input source, ``[offset, timestamp_ms]`` of the last record folded in (module doc;
+    #: written by the stream worker, never read by the engine, kept across a new stay)
+    applied: dict[str, list[int]] = field(default_factory=dict, compare=False)
     #: derived views remembered between decisions (``detectors.memo``): not serialised, not
     #: compared, empty after a restart
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -352,8 +360,9 @@ _FIELD_NAMES = tuple(f.name for f in fields(PatientState))
 
 def reset_stay(st: PatientState) -> None:
     """Start a new stay in place (callers hold the object): the ADT facts (sex, admission
-    weight, ward, bed) are kept, everything measured is forgotten."""
+    weight, ward, bed) and the input positions (``applied``) are kept, everything measured is
+    forgotten."""
     fresh = PatientState(st.patient_id, sex=st.sex, weight_kg=st.weight_kg, ward=st.ward,
-                         bed=st.bed)
+                         bed=st.bed, applied=st.applied)
     for name in _FIELD_NAMES:
         setattr(st, name, getattr(fresh, name))

@@ -12,6 +12,9 @@ import pytest
 from detectors.config import DEFAULT_THRESHOLDS
 from streams.cli import build_parser
 from streams.kafka import codec
+from streams.kafka.topics import TopicNames
+from streams.offline.publish import cohort_messages
+from streams.offline.simulator import cohort
 from streams.ops.counts import final_counts
 from streams.worker import detector as streams_worker
 from streams.worker.config import WorkerConfig
@@ -307,6 +310,54 @@ def test_a_lab_panel_is_not_flushed_while_its_partition_holds_messages(
         flushed.clear()
         det.on_tick(0, now=t0 + 10)  # the patient has been quiet for long
         assert flushed == ([] if vital_held else ["bed1"])
+
+
+def _cohort_events(names: TopicNames) -> list[_Event]:
+    """A simulated cohort as the worker would receive it on one partition: offsets per topic,
+    timestamps in send order (1 ms apart)."""
+    offsets: dict[str, int] = {}
+    events = []
+    for i, m in enumerate(cohort_messages(cohort(6, seed=11, hours=72), names)):
+        offset = offsets[m.topic] = offsets.get(m.topic, -1) + 1
+        events.append(_Event(_Msg(m.topic, 0, offset, 1_800_000_000.0 + i / 1000),
+                             m.patient_id.encode(), json.dumps(m.doc).encode()))
+    return events
+
+
+def _alert_ids(topic: _Topic) -> set[str]:
+    return {json.loads(value)["alert_id"] for _, value in topic.sent}
+
+
+def _feed(det: Detector, events: list[_Event]) -> None:
+    for e in events:  # "now" is the record's time: no patient is ever quiet for a panel flush
+        det.on_event(_Event(e.message, e.key, e.value), now=e.message.timestamp)
+
+
+def test_records_resent_after_a_crash_are_not_folded_in_twice() -> None:
+    """At-least-once: the state is written before the offsets are committed, so after a crash
+    the records since the last commit come again onto a state that already holds them:
+    thousands of them in a backlog. Counted twice they changed alerts (CI, the rebalance test:
+    one alert the replay never raised). The alert ids after any crash are the clean run's."""
+    names = TopicNames("u.")
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    events = _cohort_events(names)
+    clean_alerts = _Topic()
+    clean = _new_detector(cfg, Metrics(), _Table(), clean_alerts, _Topic())
+    _feed(clean, events)
+    expected = _alert_ids(clean_alerts)
+    assert len(expected) >= 4
+    for written, resent in ((9000, 2000), (11800, 500)):
+        table, alerts, metrics = _Table(), _Topic(), Metrics()
+        before = _new_detector(cfg, Metrics(), table, alerts, _Topic())
+        _feed(before, events[:written])
+        before.on_tick(0, now=events[written - 1].message.timestamp)  # state written
+        # the crash: a new worker on the written state, from the last committed offset on
+        after = _new_detector(cfg, metrics, table, alerts, _Topic())
+        _feed(after, events[written - resent:])
+        got = _alert_ids(alerts)
+        assert got == expected, (written, resent, got ^ expected)
+        assert metrics.registry.get_sample_value(
+            "clsmon_observations_total", {"kind": "sbp", "outcome": "duplicate"}) > 0
 
 
 def test_the_final_counts_line_carries_every_counter_with_its_labels() -> None:

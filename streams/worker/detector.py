@@ -12,9 +12,11 @@ Delivery discipline (at-least-once, nothing lost, nothing acknowledged early): a
 message is acknowledged only after the state it changed was written (``StateStore.write``,
 the table's changelog); writes are coalesced per tick (``tick_s``) or per ``write_batch``
 messages, because a changelog write per message halves throughput. Alerts are not delayed by
-this: they are sent at once. After a crash the unacknowledged messages come again: the engine
-drops exact redeliveries and alert ids are deterministic, so downstream sees duplicates at
-worst, never a gap.
+this: they are sent at once. After a crash the unacknowledged messages come again: the state
+carries the position of the last record folded into it (``PatientState.applied``, written in
+the same changelog record), so a record it already holds is counted ``duplicate`` and skipped,
+and alert ids are deterministic, so downstream sees duplicates at worst, never a gap and never
+a reading counted twice.
 
 Ticks (``on_tick``): release messages the ordering buffer held for a silent source, and take
 the decision a lab panel is waiting for (``detectors.phases.flush``) once its patient has been
@@ -41,7 +43,7 @@ from streams.worker.ingest import INTERVENTION, Mapped, Refused, ingest
 from streams.worker.metrics import Metrics
 from streams.worker.ordering import Arrival, PartitionMerge
 from streams.worker.outputs import Outputs
-from streams.worker.store import StateStore
+from streams.worker.store import StateStore, already_applied, mark_applied
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ class Detector:
         self.names = cfg.names
         # read once per message: TopicNames builds each name on every access
         self._ticks, self._patients = self.names.ticks, self.names.patients
+        #: input topic -> the source name its positions are stored under in the state
+        #: (``PatientState.applied``): the role, not the topic, so a prefix is not repeated
+        self._sources = {self.names.vitals: "vitals", self.names.labs: "labs",
+                         self._patients: "patients", self.names.interventions: "interventions"}
         self._interventions = self.names.interventions
         self.store = store
         self.outputs = outputs
@@ -273,19 +279,31 @@ class Detector:
     def _process(self, item: _Item, partition: int, now: float, dirty: set[str]) -> None:
         # a list: the values of one FHIR resource (a NamedTuple value is a tuple: not a list)
         values = item.value if isinstance(item.value, list) else (item.value,)
+        msg = item.event.message
+        position = (self._sources.get(msg.topic, msg.topic), msg.offset, _ts_ms(msg, now))
+        # per patient, whether this record was folded in before (the values of one FHIR
+        # Bundle share its offset: all are judged by the position before the first of them)
+        redelivered: dict[str, bool] = {}
         for value in values:  # one, or the values of a FHIR Bundle
-            self._process_one(item, value, partition, now, dirty)
+            self._process_one(item, value, partition, now, dirty, position, redelivered)
 
     def _process_one(self, item: _Item, value: Any, partition: int, now: float,
-                     dirty: set[str]) -> None:
+                     dirty: set[str], position: tuple[str, int, int],
+                     redelivered: dict[str, bool]) -> None:
         pid = value.patient_id
         msg = item.event.message
         self._last_active[pid] = now
         st = self.store.get(pid)
         self.beds.seen(pid, getattr(st, "ward", None), now)
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
+        again = redelivered.get(pid)
+        if again is None:
+            again = redelivered[pid] = st is not None and already_applied(st, *position)
+        if again:  # written with the state before the crash or rebalance that resent it
+            self._counter(_label(value), "duplicate").inc()
+            return
         if isinstance(value, PatientContext):
-            self._on_context(value, partition, dirty)
+            self._on_context(value, partition, dirty, position)
             return
         result = step(st, value, self.th)
         if st is None:
@@ -294,9 +312,9 @@ class Detector:
             why = result.rejection or Rejection("rejected", "rejected by the detectors")
             self.outputs.dead_letter(item.event, why, value.kind, ack=False)
         else:
-            label = INTERVENTION if isinstance(value, Intervention) else value.kind
-            self._counter(label, result.status).inc()
+            self._counter(_label(value), result.status).inc()
         if result.status != "duplicate":
+            mark_applied(result.state, *position)
             dirty.add(pid)
         if result.state.pending:
             self._pending.setdefault(partition, set()).add(pid)
@@ -308,11 +326,13 @@ class Detector:
         if result.alerts:
             self.outputs.phase(result.state, result.alerts)
 
-    def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str]) -> None:
+    def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str],
+                    position: tuple[str, int, int]) -> None:
         pid = ctx.patient_id
         st = apply_context(self.store.get(pid), ctx)
         self._counter("context", "context").inc()
         if st is not None:
+            mark_applied(st, *position)
             self.store.put(pid, st)
             dirty.add(pid)
             self.outputs.phase(st, ())
@@ -337,6 +357,13 @@ class Detector:
             merge = PartitionMerge(self.names.inputs, self.cfg.grace_ms, int(now * 1000))
             self._merges[partition] = merge
         return merge
+
+
+def _label(value: Any) -> str:
+    """The ``kind`` label of ``clsmon_observations_total`` for a released value."""
+    if isinstance(value, PatientContext):
+        return "context"
+    return INTERVENTION if isinstance(value, Intervention) else value.kind
 
 
 def _ts_ms(msg: Any, now: float) -> int:

@@ -15,6 +15,27 @@ from detectors.alerts import PHASES
 from detectors.state import PatientState
 
 
+def already_applied(st: PatientState, source: str, offset: int, timestamp_ms: int) -> bool:
+    """Was this record of ``source`` folded into ``st`` already (a redelivery)?
+
+    At-least-once: the state is written before the offsets that led to it are committed, so
+    after a crash or a rebalance the records between the last commit and the last write come
+    again, onto a state that holds them (hundreds per patient in a backlog: more than the
+    engine's ``seen`` fingerprints remember). A patient's records of one source are all on one
+    partition (co-partitioning, forwarding to the home partition) and are folded in offset
+    order, so "at or before the last position applied" is exact. The timestamp must not be
+    later either: a topic deleted and created again starts its offsets at 0, and its records
+    must not be taken for old ones."""
+    mark = st.applied.get(source)
+    return mark is not None and offset <= mark[0] and timestamp_ms <= mark[1]
+
+
+def mark_applied(st: PatientState, source: str, offset: int, timestamp_ms: int) -> None:
+    """Record that the record at ``offset`` of ``source`` is folded into ``st`` (written with
+    the state in the same changelog record)."""
+    st.applied[source] = [offset, timestamp_ms]
+
+
 class StateStore:
     """The worker's patients, keyed by patient_id, over a raw-bytes Faust table."""
 
