@@ -38,6 +38,31 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose unknown flags are reported by the sub-command that was given them:
+    its own usage and ``clsmon replay: error: unrecognized arguments: --bogus``, exit 2.
+
+    Plain argparse collects a sub-command's unknown arguments and reports them from the
+    top-level parser, whose usage (``clsmon [-h] [--version] COMMAND ...``) says nothing of the
+    flags the user got wrong. Sub-commands (``sub.add_parser``) are of this class too.
+    """
+
+    _PARSED_BY = "_clsmon_parsed_by"
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        # a sub-command returns before its parent does: the first mark is the innermost parser
+        vars(namespace).setdefault(self._PARSED_BY, self)
+        return namespace, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = self.parse_known_args(args, namespace)
+        parser = vars(namespace).pop(self._PARSED_BY, self)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", metavar="FILE", default=_env("CLSMON_THRESHOLDS"),
                    help="TOML file overriding clinical thresholds (env CLSMON_THRESHOLDS; "
@@ -418,7 +443,7 @@ def _add_notify_parsers(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clsmon",
         description="Watch ICU patients for capillary leak syndrome phases "
                     "(prodromal, leak, recovery). Alerts are advisory.",
