@@ -21,6 +21,7 @@ from faust.sensors.monitor import Monitor
 
 from streams.kafka import consumer
 from streams.kafka.connection import Connectable, connect
+from streams.kafka.coordinator import quiet_coordinator_election
 from streams.ops.counts import FINAL_COUNTS, final_counts
 from streams.ops.http import serve
 
@@ -96,9 +97,11 @@ def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeou
 def new_app(app_id: str, connection: Connectable, settings: dict[str, Any],
             fetch_wait_ms: int | None) -> faust.App:
     """A Faust app (consumer group ``app_id``) on ``connection`` (its addresses, TLS and SASL)
-    with the corrections of ``streams.kafka.consumer`` installed."""
+    with the corrections of ``streams.kafka.consumer`` installed, and the election of a new
+    broker's group coordinator logged as what it is (``streams.kafka.coordinator``)."""
     app = faust.App(app_id, **connect(connection).faust_options(), **settings)
     consumer.install(app, fetch_wait_ms)
+    quiet_coordinator_election()
     return app
 
 
