@@ -736,7 +736,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 #: the errors a user can fix, by module: a module that was never imported cannot have raised
 #: its error, so none is imported just to catch it (pandas alone costs seconds: an unreachable
 #: broker must be reported within 10 s)
-_USER_ERRORS = {"streams.offline.replay": "ReplayError",
+_USER_ERRORS = {"streams.offline.sources": "ReplayError",
                 "streams.offline.mimic3.mapping": "Mimic3Error",
                 "streams.kafka.connection": "BrokerError",
                 "streams.notify.oncall": "OnCallError",

@@ -4,11 +4,13 @@ validated by the listener's and the worker's own mapping, sent keyed to the inpu
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hl7_corpus import T, adt, bad_messages, frame, lab_panel, monitor_loinc
-from stream_support import fresh_prefix, read_topic
+from stream_support import ROOT, child_env, fresh_prefix, read_topic
 
 from streams.cli import main
 from streams.interfaces.publish import detect
@@ -64,6 +66,21 @@ def test_a_file_that_is_not_there_is_one_line_and_exit_2(tmp_path: Path,
                                                          ) -> None:
     assert main(["publish", str(tmp_path / "nope.hl7"), "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("clsmon publish: error: file not found")
+
+
+def test_a_csv_without_the_observation_columns_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # a fresh interpreter: the error is one line whether or not the replay was imported before
+    # (here it was, by other tests; `clsmon publish` alone never imports it)
+    context = tmp_path / "cohort.patients.csv"
+    context.write_text("patient_id,sex,weight_kg,birth_year\nsim-0001,F,70,1960\n")
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "publish", str(context),
+                           "--dry-run"], cwd=ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"clsmon publish: error: {context}: missing column(s) observed_at, kind, value, unit; "
+        "expected patient_id, observed_at, kind, value, unit (+ optional source, period_min, "
+        "id, available_at, status)"]
 
 
 @pytest.mark.broker
