@@ -419,3 +419,30 @@ def test_a_batch_the_consumer_could_not_decode_is_dead_lettered_with_its_extent(
     other = _Event(_Msg("u.vitals", offset=41), None, None)  # a null value, not a batch
     det.on_event(other, now=1_800_000_001.0)
     assert json.loads(dead.sent[1][1])["reason"] == "malformed_json"
+
+
+def test_the_values_of_one_fhir_record_are_all_folded_in_and_skipped_together_when_resent() -> None:
+    """A FHIR blood-pressure panel is one record with three values (SBP, DBP, MAP) at one
+    offset: the first value's position must not make the other two look resent, and the whole
+    record resent after a crash is skipped as a whole."""
+    from test_fhir import bp_panel
+
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    table = _Table()
+    record = json.dumps(bp_panel()).encode()
+    counts = []
+    for _ in range(2):  # the first worker, then a new one on its written state
+        metrics = Metrics()
+        det = _new_detector(cfg, metrics, table, _Topic(), _Topic())
+        det.on_event(_Event(_Msg("u.vitals", 0, 7, 1_800_000_000.0), b"12345", record),
+                     now=1_800_000_000.0)
+        det.on_tick(0, now=1_800_000_000.1)
+        counts.append({(kind, outcome): metrics.registry.get_sample_value(
+            "clsmon_observations_total", {"kind": kind, "outcome": outcome})
+            for kind in ("sbp", "dbp", "map") for outcome in ("accepted", "duplicate")})
+    assert counts[0] == {("sbp", "accepted"): 1, ("dbp", "accepted"): 1, ("map", "accepted"): 1,
+                         ("sbp", "duplicate"): None, ("dbp", "duplicate"): None,
+                         ("map", "duplicate"): None}
+    assert counts[1] == {("sbp", "accepted"): None, ("dbp", "accepted"): None,
+                         ("map", "accepted"): None, ("sbp", "duplicate"): 1,
+                         ("dbp", "duplicate"): 1, ("map", "duplicate"): 1}
