@@ -201,6 +201,13 @@ def _add_consumer_options(p: argparse.ArgumentParser) -> None:
                         "streams/kafka/consumer.py)")
     p.add_argument("--session-timeout", type=float, default=6.0,
                    help="consumer group session timeout in seconds (default 6)")
+    p.add_argument("--stop-timeout", type=float,
+                   default=float(_env("CLSMON_STOP_TIMEOUT", "20")),
+                   help="after SIGTERM or Ctrl-C, exit anyway once the stop has taken this many "
+                        "seconds (a broker gone keeps the last commit waiting); what was not "
+                        "committed comes again at the next start (env CLSMON_STOP_TIMEOUT, "
+                        "default 20: within the 30 s Kubernetes and our docker-compose.yml wait "
+                        "before SIGKILL)")
 
 
 def _add_replication(p: argparse.ArgumentParser) -> None:
@@ -298,6 +305,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         fetch_wait_ms=args.fetch_wait_ms, grace_ms=args.grace_ms,
         flush_idle_s=args.flush_idle_s,
         session_timeout_s=args.session_timeout, stall_after_s=args.stall_after,
+        stop_timeout_s=args.stop_timeout,
         producer_max_batch_size=args.producer_max_batch_size, loglevel=args.loglevel,
         silent_after_s=args.silent_after_min * 60)
 
@@ -356,7 +364,7 @@ def _cmd_notify(args: argparse.Namespace) -> int:
         escalation_check_s=args.escalation_check, web_port=args.web_port,
         web_host=args.web_host, data_dir=args.data_dir, store=args.store,
         fetch_wait_ms=args.fetch_wait_ms, session_timeout_s=args.session_timeout,
-        stall_after_s=args.stall_after,
+        stall_after_s=args.stall_after, stop_timeout_s=args.stop_timeout,
         producer_max_batch_size=args.producer_max_batch_size,
         commit_interval_s=args.commit_interval, loglevel=args.loglevel))
 

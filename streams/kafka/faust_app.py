@@ -11,8 +11,10 @@ dead-letter bad input. Here every topic and table is raw bytes, and each process
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -113,19 +115,53 @@ def raw_table(app: faust.App, name: str, partitions: int) -> Any:
                      schema=faust.Schema(**RAW))
 
 
-def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+class _Worker(faust.Worker):
+    """Faust's worker with a deadline on its stop.
+
+    After SIGTERM or SIGINT Faust commits what was acknowledged and flushes its producer; with
+    the broker gone both wait for it, and the process ignored SIGTERM for good (a newcomer's
+    check: over 30 s, then SIGKILL). Once ``stop_timeout_s`` has passed since the signal,
+    ``on_overdue`` (the final counts) runs and the process exits with status 1, saying so. Safe
+    for at-least-once: an offset is committed only after the producer flush that carried its
+    state, so whatever the stop did not finish comes again at the next start."""
+
+    stop_timeout_s = 20.0
+    on_overdue: Callable[[], None] | None = None
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(self.stop_timeout_s, self._stop_overdue)
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+    def _stop_overdue(self) -> None:
+        print(f"clsmon: the stop did not finish within {self.stop_timeout_s:g} s (is the "
+              "broker reachable?); exiting without it: what was not committed comes again at "
+              "the next start", file=sys.stderr, flush=True)
+        if self.on_overdue is not None:
+            self.on_overdue()
+        os._exit(1)
+
+
+def faust_worker(app: faust.App, loglevel: str, stop_timeout_s: float = 20.0,
+                 on_overdue: Callable[[], None] | None = None) -> faust.Worker:
     """Faust's worker for ``app``, quiet, and without its progress spinner unless stdout is a
-    terminal: the spinner writes cursor hide/show codes (``ESC[?25l``) even into a log file."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    terminal: the spinner writes cursor hide/show codes (``ESC[?25l``) even into a log file.
+    Its stop after a signal ends within ``stop_timeout_s`` seconds (``_Worker``)."""
+    worker = _Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.stop_timeout_s, worker.on_overdue = stop_timeout_s, on_overdue
     if not sys.stdout.isatty():
         worker.spinner = None
     return worker
 
 
 def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: str,
-                  web_port: int, web_host: str, loglevel: str) -> int:
+                  web_port: int, web_host: str, loglevel: str,
+                  stop_timeout_s: float = 20.0) -> int:
     """Serve /metrics, /healthz, /readyz (when ``web_port``), print ``banner`` and run the Faust
-    app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker.
+    app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker (1 when its
+    stop took over ``stop_timeout_s`` seconds and was cut short).
 
     Shared by the detection worker and the notifier. ``metrics`` is any object with a
     ``registry``. Must run in the main thread (Faust installs signal handlers).
@@ -133,15 +169,18 @@ def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: 
     server = serve(metrics.registry, ready, web_port, web_host) if web_port else None
     print(banner + (f", metrics http://{web_host}:{web_port}/metrics" if server else ""),
           flush=True)
+    def last_word() -> None:
+        # the last word on what this process did: a scrape racing the shutdown can miss the
+        # messages processed (and committed) while it stopped
+        print(FINAL_COUNTS + json.dumps(final_counts(metrics.registry), sort_keys=True),
+              flush=True)
+
     try:
-        faust_worker(app, loglevel).execute_from_commandline()
+        faust_worker(app, loglevel, stop_timeout_s, last_word).execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
         if server is not None:
             server.shutdown()
-        # the last word on what this process did: a scrape racing the shutdown can miss the
-        # messages processed (and committed) while it stopped
-        print(FINAL_COUNTS + json.dumps(final_counts(metrics.registry), sort_keys=True),
-              flush=True)
+        last_word()
     return 0

@@ -47,6 +47,8 @@ class NotifyConfig:
     #: re-read a partition whose fetched messages have not reached the agent for this long
     stall_after_s: float = 5.0
     session_timeout_s: float = 6.0
+    #: after SIGTERM/SIGINT, exit anyway once the stop has taken this long
+    stop_timeout_s: float = 20.0
     producer_max_batch_size: int = 0  # the embedded Tansu needs 1 for exact recovery
     commit_interval_s: float = 0.5
     loglevel: str = "WARNING"
@@ -166,7 +168,8 @@ def run(cfg: NotifyConfig) -> int:
               f"topics {cfg.topic_prefix}alerts/alert-acks, escalation after {after}")
     try:
         return faust_app.serve_and_run(built.app, built.metrics, built.ready, banner,
-                                       cfg.web_port, cfg.web_host, cfg.loglevel)
+                                       cfg.web_port, cfg.web_host, cfg.loglevel,
+                                       cfg.stop_timeout_s)
     finally:
         built.notifier.deliverer.close()
         if built.temporary_dir:

@@ -128,4 +128,5 @@ def run(cfg: WorkerConfig) -> int:
     banner = (f"clsmon worker: broker {cfg.connection.describe()}, topics {cfg.topic_prefix}*, "
               f"{cfg.partitions} partitions")
     return faust_app.serve_and_run(worker.app, worker.metrics, worker.ready, banner,
-                                   cfg.web_port, cfg.web_host, cfg.loglevel)
+                                   cfg.web_port, cfg.web_host, cfg.loglevel,
+                                   cfg.stop_timeout_s)

@@ -36,6 +36,9 @@ class WorkerConfig:
     lag_interval_s: float = 5.0
     #: re-read a partition whose fetched messages have not reached the agent for this long
     stall_after_s: float = 5.0
+    #: after SIGTERM/SIGINT, exit anyway once the stop has taken this long
+    #: (``streams.kafka.faust_app.serve_and_run``)
+    stop_timeout_s: float = 20.0
     #: state is written (and its messages acknowledged) every tick or every this many messages
     write_batch: int = 500
     flush_idle_s: float = 3.0
