@@ -14,7 +14,7 @@ from builders import HOUR, MIN, T0, by_time, obs, phases, vitals
 
 from detectors.config import DEFAULT_THRESHOLDS as TH
 from detectors.interventions import parse_intervention
-from detectors.observation import Rejection, normalise
+from detectors.observation import Rejection, format_time, normalise
 from detectors.phases import step
 
 
@@ -320,6 +320,134 @@ def test_recovery_may_be_called_once_the_pressor_is_weaning():
                 "rate_unit": "mcg/kg/min", "mode": "infusion"}]
     alerts, _, _ = _leak_then_recovery(pressor)
     assert "recovery/warning" in phases(alerts)
+
+
+def _recovery_course(end_h=60.0, recovery_hct=50.0, urine_ml_h=None, extra=(), context=None):
+    """Shock 20-30 h with Hct 56 at 21 h (leak), SBP 115 charted every 15 min from 30 h until
+    ``end_h`` (the last reading exactly at ``end_h``), the Hct at 33 h; hourly urine of
+    ``urine_ml_h`` mL from 30 h to ``end_h`` (70 kg: 150 mL/h = 2.14 mL/kg/h)."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, end_h + 0.01, 115, 80, 15)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0)
+    rows += lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
+    rows += lab_panel(T0 + 33 * HOUR, recovery_hct, albumin=3.9)
+    if urine_ml_h is not None:
+        rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
+                 for h in range(31, int(end_h) + 1)]
+    return feed(by_time(rows + list(extra)), context=context)
+
+
+def test_recovery_needs_the_hct_three_points_below_the_episode_peak():
+    # peak 56 %: 53 % is the 3-point fall of hct_fall_points, 54 % only 2 points
+    assert TH.hct_fall_points == 3.0
+    alerts, _, _ = _recovery_course(recovery_hct=53)
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    alerts, _, _ = _recovery_course(recovery_hct=54)
+    assert "recovery/warning" not in phases(alerts)
+
+
+def test_the_recovery_alert_shows_the_pressure_held_over_100_and_the_hct_fall_from_the_peak():
+    alerts, _, _ = _recovery_course(recovery_hct=53)
+    recovery = alerts[-1]
+    # SBP > 100 from 30 h is held 60 min at 31 h; the Hct fall drawn at 33 h decides
+    assert recovery.onset_at_ms == T0 + 33 * HOUR
+    assert recovery.previous_phase == "leak" and recovery.episode == 1
+    pressure, hct = recovery.evidence
+    assert (pressure.criterion, pressure.value, pressure.unit) == \
+        ("blood_pressure_recovered", 115.0, "mmHg")
+    # held since the 5-minute slot of the first SBP over 100 (at 30 h)
+    rose = (T0 + 30 * HOUR) // TH.bp_slot_ms * TH.bp_slot_ms
+    assert pressure.threshold == f"SBP > 100 held >= 60 min (since {format_time(rose)})"
+    # the SBP shown is the newest when the decision was taken
+    assert recovery.onset_at_ms <= pressure.observed_at_ms <= recovery.raised_at_ms
+    assert pressure.baseline == 120.0
+    assert "not on a vasopressor that is not weaning" in pressure.text
+    # the pressure was known to be held at 31 h: the slot in which it rose, plus 60 min
+    assert T0 + 30 * HOUR < pressure.available_at_ms <= T0 + 31 * HOUR
+    assert (hct.criterion, hct.value, hct.unit, hct.baseline) == \
+        ("hematocrit_falling", 53.0, "%", 56.0)
+    assert hct.observed_at_ms == T0 + 33 * HOUR
+    assert hct.threshold == ">= 3 points below the episode peak (56.0 %)"
+    assert hct.text == "Hct 53.0 % (3.0 points below the episode peak 56.0 %)"
+    assert "Hct 53.0 % (3.0 points below the episode peak 56.0 %)" in recovery.summary
+
+
+def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_evidence():
+    # 70 kg (the default weight): 150 mL/h = 2.14 mL/kg/h is polyuria, 140 mL/h = 2.0 is not
+    alerts, _, _ = _recovery_course(urine_ml_h=150)
+    recovery = alerts[1]
+    assert recovery.phase == "recovery"
+    polyuria = recovery.evidence[-1]
+    assert polyuria.criterion == "polyuria"
+    assert polyuria.value == pytest.approx(150 / 70)
+    assert polyuria.observed_at_ms == T0 + 33 * HOUR  # 31-33 h alone is < 90 % of 3 h
+    alerts, _, _ = _recovery_course(urine_ml_h=140)
+    assert [e.criterion for e in alerts[1].evidence] == ["blood_pressure_recovered",
+                                                         "hematocrit_falling"]
+
+
+def test_a_calm_recovery_closes_48_hours_after_it_began_not_before():
+    assert TH.recovery_min_h == 48.0
+    onset_h = 33
+    alerts, _, _ = _recovery_course(end_h=onset_h + 48 - 0.25)
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    alerts, st, _ = _recovery_course(end_h=onset_h + 48)
+    assert phases(alerts) == ["leak/high", "recovery/warning", "none/info"]
+    closed = alerts[-1]
+    assert closed.previous_phase == "recovery" and closed.episode == 1
+    assert closed.onset_at_ms == T0 + (onset_h + 48) * HOUR
+    assert "recovery complete, no polyuria or hypotension in the last 6 h" in closed.summary
+    assert st.phase == "none"
+
+
+def test_a_recovery_with_polyuria_in_the_last_6_h_stays_open_until_7_days():
+    assert TH.recovery_max_h == 168.0
+    onset_h = 33
+    alerts, _, _ = _recovery_course(end_h=onset_h + 168 - 0.25, urine_ml_h=150)
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    alerts, st, _ = _recovery_course(end_h=onset_h + 168, urine_ml_h=150)
+    assert phases(alerts) == ["leak/high", "recovery/warning", "none/info"]
+    closed = alerts[-1]
+    assert closed.previous_phase == "recovery"
+    assert closed.onset_at_ms == T0 + (onset_h + 168) * HOUR
+    assert "Episode closed after 168 h of recovery" in closed.summary
+    assert st.phase == "none"
+
+
+def test_a_new_shock_with_hemoconcentration_during_recovery_is_a_relapse_in_a_new_episode():
+    # recovery at 33 h; shock again 40-50 h with Hct 57 % at 41 h (both after the recovery)
+    relapse = vitals(40, 50, 80, 58) + lab_panel(T0 + 41 * HOUR, 57, albumin=3.9)
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, 40, 115, 80) + \
+        vitals(50, 60, 115, 80) + relapse
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
+    rows += lab_panel(T0 + 33 * HOUR, 50, albumin=3.9)
+    alerts, st, _ = feed(by_time(rows))
+    assert phases(alerts)[:3] == ["leak/high", "recovery/warning", "leak/high"]
+    again = alerts[2]
+    assert again.previous_phase == "recovery"
+    assert again.episode == 2 and again.alert_id != alerts[0].alert_id
+    assert again.summary.startswith("Relapse: leak phase again during recovery")
+    assert [e.criterion for e in again.evidence][:2] == ["hypotension", "hemoconcentration"]
+    assert T0 + 40 * HOUR < again.onset_at_ms <= T0 + 41 * HOUR
+
+
+@pytest.mark.parametrize(("kg", "overload"), [(73.5, True), (73.4, False)])
+def test_polyuria_in_recovery_with_weight_5_percent_over_baseline_is_a_fluid_overload(kg, overload):
+    # 70 kg on admission: 73.5 kg is +5.0 % (fluid_overload_weight_pct), 73.4 kg +4.9 %
+    assert TH.fluid_overload_weight_pct == 5.0
+    ctx = {"patient_id": "p1", "weight_kg": 70}
+    weighings = [obs("weight", kg, T0 + h * HOUR, "kg") for h in (36, 38)]
+    alerts, _, _ = _recovery_course(urine_ml_h=150, extra=weighings, context=ctx)
+    if not overload:
+        assert phases(alerts) == ["leak/high", "recovery/warning"]
+        return
+    assert phases(alerts) == ["leak/high", "recovery/warning", "recovery/high"]
+    high = alerts[-1]
+    assert high.supersedes == alerts[1].alert_id
+    assert high.onset_at_ms == T0 + 36 * HOUR  # the first weighing paired with the polyuria
+    assert high.summary.startswith("Fluid overload risk in recovery")
+    polyuria, weight = high.evidence
+    assert polyuria.criterion == "polyuria" and weight.criterion == "weight_over_baseline"
+    assert (weight.value, weight.baseline) == (kg, 70.0)
 
 
 def test_a_leak_with_no_supporting_evidence_for_a_day_closes():
