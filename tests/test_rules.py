@@ -121,6 +121,58 @@ def test_a_gap_longer_than_the_tolerance_splits_a_run():
 
 # --- hemoconcentration: no look-ahead, transfusion, consistency --------------------------------
 
+def test_an_sbp_not_above_the_dbp_charted_at_the_same_time_is_an_inconsistent_artefact():
+    st, results = None, []
+    for row in (obs("dbp", 80, T0, "mmHg"), obs("sbp", 80, T0, "mmHg"),
+                obs("sbp", 81, T0, "mmHg"), obs("sbp", 70, T0 + 5 * MIN, "mmHg")):
+        r = step(st, normalise(row))
+        st = r.state
+        results.append(r)
+    assert [r.status for r in results] == ["accepted", "rejected", "accepted", "accepted"]
+    assert results[1].rejection.reason == "inconsistent"
+    assert results[1].rejection.detail.startswith("SBP 80 not above DBP 80 mmHg at the same time")
+
+
+def _sbp_baseline_shown(baseline_rows):
+    """The SBP baseline the leak alert shows (shock 20-30 h, Hct 55 % at 21 h)."""
+    rows = baseline_rows + vitals(20, 30, 80, 58) + lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) \
+        + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
+    alerts, _, _ = feed(by_time(rows))
+    assert phases(alerts) == ["leak/high"]
+    return alerts[0].evidence[0].baseline
+
+
+def _hourly_sbp(value, hours):
+    return [obs("sbp", value, T0 + h * HOUR, "mmHg") for h in hours]
+
+
+def test_the_sbp_baseline_is_the_mean_of_the_normal_readings_of_the_first_6_h():
+    assert (TH.baseline_vitals_h, TH.sbp_low_mmhg) == (6.0, 90.0)
+    later = _hourly_sbp(120, range(8, 20))
+    # 6 readings of 120 and one of 190 at exactly 6 h are averaged; the one a minute later is not
+    at_six = [obs("sbp", 190, T0 + 6 * HOUR + m * MIN, "mmHg") for m in (0, 1)]
+    assert _sbp_baseline_shown(_hourly_sbp(120, range(6)) + at_six + later) == 130.0
+    # an SBP of 90 is hypotensive: it never enters the baseline
+    assert _sbp_baseline_shown(_hourly_sbp(120, range(5)) + _hourly_sbp(90, (5, 6))
+                               + later) == 120.0
+
+
+def test_an_sbp_baseline_needs_five_readings():
+    assert TH.baseline_min_vitals == 5
+    later = _hourly_sbp(150, range(8, 20))
+    assert _sbp_baseline_shown(_hourly_sbp(120, range(4)) + later) is None
+    assert _sbp_baseline_shown(_hourly_sbp(120, range(5)) + later) == 120.0
+
+
+@pytest.mark.parametrize(("map_", "leak"), [(65, False), (64, True)])
+def test_a_map_of_65_is_not_hypotension_64_is(map_, leak):
+    # SBP 95: neither <= 90 nor 40 below the baseline of 120, so the MAP alone decides
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 95, map_)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
+    alerts, _, _ = feed(by_time(rows))
+    assert phases(alerts) == (["leak/high"] if leak else [])
+
+
 def test_a_later_falling_hct_never_makes_an_earlier_one_hemoconcentrated():
     """The baseline judging a draw holds only draws taken before it (10119's dilution)."""
     rows = lab_panel(T0 + 2 * HOUR, 38) + lab_panel(T0 + 20 * HOUR, 37) + \
@@ -458,6 +510,8 @@ def test_a_leak_with_no_supporting_evidence_for_a_day_closes():
     assert phases(alerts) == ["leak/high", "none/info"]
     closing = alerts[-1]
     assert closing.onset_at_ms == T0 + (30 + 24) * HOUR - 5 * MIN
+    assert closing.summary.startswith("Leak episode closed: no persistent hypotension and no "
+                                      "hemoconcentration for 24 h")
 
 
 # --- escalation ---------------------------------------------------------------------------------
@@ -470,11 +524,60 @@ def test_a_leak_is_critical_when_albumin_fell_half_a_gram_the_critical_repeats_t
     high, critical = alerts
     assert [e.criterion for e in critical.evidence][:3] == [
         "hypotension", "hemoconcentration", "hypoalbuminemia"]
+    assert critical.summary.startswith("Leak phase, triad complete (hypoalbuminemia)")
     # one page per event: the critical names the high it supersedes (the notifier holds the
     # high for its supersede window); decided together, it is raised no earlier than the high
     assert critical.supersedes == high.alert_id and critical.raised_at_ms >= high.raised_at_ms
     alerts, _, _ = feed(by_time(base + lab_panel(T0 + 21 * HOUR, 55, albumin=3.4)))
     assert phases(alerts) == ["leak/high"]
+
+
+def _leak_with_signs(wbc=13.0, wbc_h=19, urine_ml_h=20):
+    """Leak at 21 h (shock 20-30 h, Hct 55 %), a WBC drawn at ``wbc_h``, hourly urine from 21 h
+    (70 kg: 20 mL/h = 0.29 mL/kg/h)."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
+        lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
+    rows.append(obs("leukocytes", wbc, T0 + wbc_h * HOUR, "10*9/L"))
+    rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
+             for h in range(22, 31)]
+    return feed(by_time(rows))
+
+
+def test_leukocytosis_and_oliguria_together_escalate_a_leak_to_critical():
+    # WBC 13 > 12 drawn 2 h before the leak (within the 6 h triad window) and 0.29 mL/kg/h
+    # < 0.5 over 6 h: critical once the 6 h of oliguria are complete (21-27 h)
+    alerts, _, _ = _leak_with_signs()
+    assert phases(alerts) == ["leak/high", "leak/critical"]
+    high, critical = alerts
+    assert critical.supersedes == high.alert_id
+    assert critical.onset_at_ms == T0 + 27 * HOUR
+    assert critical.summary.startswith("Leak phase with leukocytosis and oliguria")
+    assert [e.criterion for e in critical.evidence] == [
+        "hypotension", "hemoconcentration", "leukocytosis", "oliguria"]
+    wbc, oliguria = critical.evidence[2:]
+    assert (wbc.value, wbc.observed_at_ms) == (13.0, T0 + 19 * HOUR)
+    assert oliguria.value == pytest.approx(20 / 70)
+    assert oliguria.observed_at_ms == T0 + 27 * HOUR
+
+
+@pytest.mark.parametrize("sign", [{"wbc": 12.0}, {"wbc_h": 14}, {"urine_ml_h": 35}],
+                         ids=["wbc_12_is_not_over_12", "wbc_7_h_before_the_leak",
+                              "urine_0.5_ml_kg_h_is_not_below_0.5"])
+def test_one_supportive_sign_alone_does_not_escalate_a_leak(sign):
+    alerts, _, _ = _leak_with_signs(**sign)
+    assert phases(alerts) == ["leak/high"]
+
+
+@pytest.mark.parametrize(("last_reading_min", "closed"), [(0, True), (5, False)])
+def test_a_leak_closes_exactly_24_h_after_its_last_evidence(last_reading_min, closed):
+    # the last low reading at 29:55 h: the episode closes at 53:55 h, not a reading earlier
+    end = T0 + 54 * HOUR - 5 * MIN - last_reading_min * MIN
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
+        vitals(30, (end - T0 + 1) / HOUR, 95, 70)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 56,
+                                                                   albumin=3.9)
+    alerts, _, _ = feed(by_time(rows))
+    assert phases(alerts) == (["leak/high", "none/info"] if closed else ["leak/high"])
 
 
 def test_an_albumin_below_three_alone_no_longer_escalates_below_two_and_a_half_does():
