@@ -374,11 +374,12 @@ def test_recovery_may_be_called_once_the_pressor_is_weaning():
     assert "recovery/warning" in phases(alerts)
 
 
-def _recovery_course(end_h=60.0, recovery_hct=50.0, urine_ml_h=None, extra=(), context=None):
-    """Shock 20-30 h with Hct 56 at 21 h (leak), SBP 115 charted every 15 min from 30 h until
+def _recovery_course(end_h=60.0, recovery_hct=50.0, urine_ml_h=None, extra=(), context=None,
+                     sbp=115):
+    """Shock 20-30 h with Hct 56 at 21 h (leak), ``sbp`` charted every 15 min from 30 h until
     ``end_h`` (the last reading exactly at ``end_h``), the Hct at 33 h; hourly urine of
     ``urine_ml_h`` mL from 30 h to ``end_h`` (70 kg: 150 mL/h = 2.14 mL/kg/h)."""
-    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, end_h + 0.01, 115, 80, 15)
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, end_h + 0.01, sbp, 80, 15)
     rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0)
     rows += lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
     rows += lab_panel(T0 + 33 * HOUR, recovery_hct, albumin=3.9)
@@ -386,6 +387,39 @@ def _recovery_course(end_h=60.0, recovery_hct=50.0, urine_ml_h=None, extra=(), c
         rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
                  for h in range(31, int(end_h) + 1)]
     return feed(by_time(rows + list(extra)), context=context)
+
+
+@pytest.mark.parametrize(("sbp", "recovery"), [(100, False), (101, True)])
+def test_a_recovered_pressure_is_an_sbp_over_100_not_100(sbp, recovery):
+    assert TH.recovery_sbp_mmhg == 100.0
+    alerts, _, _ = _recovery_course(sbp=sbp)
+    assert ("recovery/warning" in phases(alerts)) is recovery
+
+
+def _pressor_until_40_h(sbp_40_to_41_h):
+    """Leak at 21 h, phenylephrine 29-40 h, SBP 115 from 30 h but ``sbp_40_to_41_h`` in 40-41 h,
+    Hct fallen to 50 % at 33 h."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, 40, 115, 80) + \
+        vitals(40, 41, sbp_40_to_41_h, 75) + vitals(41, 60, 115, 80)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
+    rows += lab_panel(T0 + 33 * HOUR, 50, albumin=3.9)
+    pressor = [{"patient_id": "p1", "kind": "vasopressor", "agent": "phenylephrine",
+                "started_at": T0 + 29 * HOUR, "ended_at": T0 + 40 * HOUR, "rate": 2,
+                "rate_unit": "mcg/kg/min", "mode": "infusion"}]
+    alerts, _, _ = feed(by_time(rows), pressor)
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    return alerts[-1]
+
+
+def test_a_pressure_that_stays_over_100_when_the_pressor_stops_is_recovery_from_that_moment():
+    assert _pressor_until_40_h(115).onset_at_ms == T0 + 40 * HOUR
+
+
+def test_after_the_pressor_a_new_pressure_over_100_is_recovery_once_held_60_min():
+    # SBP 95 in 40-41 h ends the run the pressor held; the next one rises at 41 h (its 5-minute
+    # slot began at most 5 min before) and is held 60 min later
+    onset = _pressor_until_40_h(95).onset_at_ms
+    assert T0 + 41 * HOUR + 55 * MIN <= onset <= T0 + 42 * HOUR
 
 
 def test_recovery_needs_the_hct_three_points_below_the_episode_peak():
