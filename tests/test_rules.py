@@ -516,6 +516,15 @@ def test_a_new_shock_with_hemoconcentration_during_recovery_is_a_relapse_in_a_ne
     assert T0 + 40 * HOUR < again.onset_at_ms <= T0 + 41 * HOUR
 
 
+def test_a_high_hct_after_the_recovery_does_not_pair_with_the_shock_before_it():
+    # recovery at 33 h; Hct 57 % at 34-35 h lies within 6 h of the shock that ended at 30 h, but
+    # a relapse needs both the hypotension and the hemoconcentration after the recovery began
+    extra = lab_panel(T0 + 34 * HOUR, 57, albumin=3.9) + lab_panel(T0 + 35 * HOUR, 57, albumin=3.9)
+    alerts, st, _ = _recovery_course(extra=extra)
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    assert st.phase == "recovery"
+
+
 @pytest.mark.parametrize(("kg", "overload"), [(73.5, True), (73.4, False)])
 def test_polyuria_in_recovery_with_weight_5_percent_over_baseline_is_a_fluid_overload(kg, overload):
     # 70 kg on admission: 73.5 kg is +5.0 % (fluid_overload_weight_pct), 73.4 kg +4.9 %
