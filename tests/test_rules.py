@@ -457,6 +457,35 @@ def test_the_recovery_alert_shows_the_pressure_held_over_100_and_the_hct_fall_fr
     assert "Hct 53.0 % (3.0 points below the episode peak 56.0 %)" in recovery.summary
 
 
+def _peak_then_fall(peak_h, fall_extra=None):
+    """Shock 20-30 h (held from 20:10 h), Hct 56 % at ``peak_h`` and 55 % at 22 h, SBP 115 from
+    30 h, Hct 53 % at 33 h (``fall_extra``: extra fields of that draw)."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, 60, 115, 80, 15)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0)
+    rows += lab_panel(T0 + peak_h * HOUR, 56, albumin=3.9)
+    rows += lab_panel(T0 + 22 * HOUR, 55, albumin=3.9)
+    rows += lab_panel(T0 + 33 * HOUR, 53, albumin=3.9, **(fall_extra or {}))
+    alerts, _, _ = feed(by_time(rows))
+    assert phases(alerts) == ["leak/high", "recovery/warning"]
+    return alerts
+
+
+def test_the_episode_peak_includes_a_hct_drawn_up_to_6_h_before_the_leak_began():
+    # the 56 % drawn at 18 h, before the shock of 20 h, is the peak: 53 % is 3 points below it
+    leak, recovery = _peak_then_fall(peak_h=18)
+    assert leak.onset_at_ms < T0 + 21 * HOUR
+    hct = recovery.evidence[1]
+    assert (hct.value, hct.baseline) == (53.0, 56.0)
+
+
+def test_a_recovery_is_not_raised_before_its_falling_hct_was_reported():
+    alerts = _peak_then_fall(peak_h=21, fall_extra={"available_at": T0 + 35 * HOUR})
+    recovery = alerts[-1]
+    assert recovery.onset_at_ms == T0 + 33 * HOUR
+    assert recovery.raised_at_ms == T0 + 35 * HOUR
+    assert recovery.evidence[1].available_at_ms == T0 + 35 * HOUR
+
+
 def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_evidence():
     # 70 kg (the default weight): 150 mL/h = 2.14 mL/kg/h is polyuria, 140 mL/h = 2.0 is not
     alerts, _, _ = _recovery_course(urine_ml_h=150)
