@@ -492,8 +492,10 @@ def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_ev
     recovery = alerts[1]
     assert recovery.phase == "recovery"
     polyuria = recovery.evidence[-1]
-    assert polyuria.criterion == "polyuria"
+    assert (polyuria.criterion, polyuria.unit) == ("polyuria", "mL/kg/h")
     assert polyuria.value == pytest.approx(150 / 70)
+    assert polyuria.threshold == "> 2.1 mL/kg/h over 3 h"
+    assert polyuria.text == "urine 2.14 mL/kg/h over 3 h (> 2.1)"
     assert polyuria.observed_at_ms == T0 + 33 * HOUR  # 31-33 h alone is < 90 % of 3 h
     alerts, _, _ = _recovery_course(urine_ml_h=140)
     assert [e.criterion for e in alerts[1].evidence] == ["blood_pressure_recovered",
@@ -629,6 +631,7 @@ def test_leukocytosis_and_oliguria_together_escalate_a_leak_to_critical():
     wbc, oliguria = critical.evidence[2:]
     assert (wbc.value, wbc.observed_at_ms) == (13.0, T0 + 19 * HOUR)
     assert oliguria.value == pytest.approx(20 / 70)
+    assert (oliguria.unit, oliguria.threshold) == ("mL/kg/h", "< 0.5 mL/kg/h over 6 h")
     assert oliguria.observed_at_ms == T0 + 27 * HOUR
 
 
