@@ -164,6 +164,20 @@ def test_an_sbp_baseline_needs_five_readings():
     assert _sbp_baseline_shown(_hourly_sbp(120, range(5)) + later) == 120.0
 
 
+@pytest.mark.parametrize(("sbp", "leak"), [(110, True), (111, False)])
+def test_an_sbp_40_below_the_patients_baseline_is_hypotension_even_above_90(sbp, leak):
+    # baseline 150 mmHg, MAP 75 (not low): SBP 110 is the 40 mmHg fall of sbp_fall_mmhg
+    assert TH.sbp_fall_mmhg == 40.0
+    rows = vitals(0, 20, 150, 85) + vitals(20, 30, sbp, 75)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
+    alerts, _, _ = feed(by_time(rows))
+    assert phases(alerts) == (["leak/high"] if leak else [])
+    if leak:
+        hypotension = alerts[0].evidence[0]
+        assert (hypotension.value, hypotension.baseline) == (110.0, 150.0)
+        assert hypotension.text.startswith("SBP 110 mmHg (fall >= 40; baseline 150;")
+
+
 @pytest.mark.parametrize(("map_", "leak"), [(65, False), (64, True)])
 def test_a_map_of_65_is_not_hypotension_64_is(map_, leak):
     # SBP 95: neither <= 90 nor 40 below the baseline of 120, so the MAP alone decides
