@@ -31,7 +31,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pki import Pki, make_pki
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,22 @@ def docker_available(timeout_s: float = 3.0) -> bool:
     finally:
         with contextlib.suppress(Exception):
             client.close()
+
+
+@contextlib.contextmanager
+def own_kafka(nodes: int = 1, **config: str) -> Iterator[Any]:
+    """An Apache Kafka cluster of the test's own (``KafkaCluster``, plaintext, small heap), for
+    what the session's broker must not go through (a broker stopped or killed, a coordinator
+    elected, a broken offsets topic); the test is skipped where Apache Kafka cannot run."""
+    from streams.kafka.apache import FAST_START_JVM, KafkaCluster
+    from streams.kafka.jars import kafka_runnable
+
+    reason = kafka_runnable()
+    if reason is not None:
+        pytest.skip(f"a Kafka cluster of the test's own is Apache Kafka: {reason}")
+    with KafkaCluster(nodes=nodes, heap="384m", jvm_opts=FAST_START_JVM,
+                      config=config) as cluster:
+        yield cluster
 
 
 @contextlib.contextmanager

@@ -17,12 +17,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from kafka_broker import own_kafka
 from notify_support import NotifierProcess, Receiver
 from stream_support import WorkerProcess, fresh_prefix, replay_result
 from test_reliability import _alert_ids, _group, _input_ends, _wait_all_committed
 
-from streams.kafka.apache import FAST_START_JVM, KafkaCluster, leader_of
-from streams.kafka.jars import kafka_runnable
+from streams.kafka.apache import KafkaCluster, leader_of
 from streams.kafka.topics import TopicNames, ensure_topics
 from streams.offline.publish import Outgoing, Publisher, cohort_messages
 from streams.offline.simulator import cohort
@@ -34,10 +34,7 @@ RATE = 250  # messages per second: a steady stream, well within one worker's cap
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[KafkaCluster]:
-    reason = kafka_runnable()
-    if reason is not None:
-        pytest.skip(f"the 3-node cluster is Apache Kafka: {reason}")
-    with KafkaCluster(nodes=3, heap="384m", jvm_opts=FAST_START_JVM) as running:
+    with own_kafka(nodes=3) as running:
         yield running
 
 

@@ -8,35 +8,23 @@ first FindCoordinator creates ``__consumer_offsets``), long over on the session'
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kafka_broker import own_kafka
 from stream_support import WorkerProcess, fresh_prefix
 
-from streams.kafka.apache import FAST_START_JVM, KafkaCluster
 from streams.kafka.coordinator import START_GRACE_S
-from streams.kafka.jars import kafka_runnable
 
 pytestmark = pytest.mark.broker
 
 LOOKUP_FAILED = "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
 
 
-@contextmanager
-def new_broker(**config: str) -> Iterator[str]:
-    reason = kafka_runnable()
-    if reason is not None:
-        pytest.skip(f"a new broker of its own is Apache Kafka: {reason}")
-    with KafkaCluster(nodes=1, heap="384m", jvm_opts=FAST_START_JVM, config=config) as cluster:
-        yield cluster.bootstrap
-
-
 def test_first_worker_on_a_new_broker_logs_the_coordinator_election_as_info(
         tmp_path: Path) -> None:
-    with new_broker() as bootstrap:
-        worker = WorkerProcess(bootstrap, fresh_prefix(), tmp_path, "--loglevel", "info")
+    with own_kafka() as cluster:
+        worker = WorkerProcess(cluster.bootstrap, fresh_prefix(), tmp_path, "--loglevel", "info")
         try:
             worker.wait_ready()
         finally:
@@ -50,8 +38,8 @@ def test_first_worker_on_a_new_broker_logs_the_coordinator_election_as_info(
 def test_coordinator_that_never_comes_is_logged_as_error(tmp_path: Path) -> None:
     # the offsets topic wants 2 replicas on a 1-node cluster: it is never created, and every
     # FindCoordinator is answered COORDINATOR_NOT_AVAILABLE
-    with new_broker(**{"offsets.topic.replication.factor": "2"}) as bootstrap:
-        worker = WorkerProcess(bootstrap, fresh_prefix(), tmp_path)
+    with own_kafka(**{"offsets.topic.replication.factor": "2"}) as cluster:
+        worker = WorkerProcess(cluster.bootstrap, fresh_prefix(), tmp_path)
         started = time.monotonic()
         try:
             deadline = started + START_GRACE_S + 30

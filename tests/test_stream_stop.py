@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from kafka_broker import own_kafka
 from stream_support import WorkerProcess, fresh_prefix
-from test_stream_startup import new_broker
 
 pytestmark = pytest.mark.broker
 
 
 def test_sigterm_stops_a_worker_whose_broker_is_gone_within_the_stop_timeout(
         tmp_path: Path) -> None:
-    with new_broker() as bootstrap:
-        worker = WorkerProcess(bootstrap, fresh_prefix(), tmp_path, "--stop-timeout", "4")
+    with own_kafka() as cluster:
+        worker = WorkerProcess(cluster.bootstrap, fresh_prefix(), tmp_path, "--stop-timeout", "4")
         try:
             worker.wait_ready()
         except BaseException:
