@@ -166,4 +166,4 @@ def test_a_worker_log_that_is_not_a_terminal_gets_no_spinner_codes() -> None:
 
     app = faust.App("layout-test", broker="kafka://127.0.0.1:1")
     assert not sys.stdout.isatty()  # pytest captures stdout
-    assert faust_worker(app, "WARNING").spinner is None
+    assert faust_worker(app, "WARNING", stop_timeout_s=20.0).spinner is None

@@ -125,8 +125,10 @@ class _Worker(faust.Worker):
     for at-least-once: an offset is committed only after the producer flush that carried its
     state, so whatever the stop did not finish comes again at the next start."""
 
-    stop_timeout_s = 20.0
-    on_overdue: Callable[[], None] | None = None
+    def __init__(self, app: faust.App, *, stop_timeout_s: float,
+                 on_overdue: Callable[[], None] | None, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.stop_timeout_s, self.on_overdue = stop_timeout_s, on_overdue
 
     def _schedule_shutdown(self, signal: Any) -> None:
         if not self._signal_stop_time:
@@ -144,21 +146,20 @@ class _Worker(faust.Worker):
         os._exit(1)
 
 
-def faust_worker(app: faust.App, loglevel: str, stop_timeout_s: float = 20.0,
+def faust_worker(app: faust.App, loglevel: str, stop_timeout_s: float,
                  on_overdue: Callable[[], None] | None = None) -> faust.Worker:
     """Faust's worker for ``app``, quiet, and without its progress spinner unless stdout is a
     terminal: the spinner writes cursor hide/show codes (``ESC[?25l``) even into a log file.
     Its stop after a signal ends within ``stop_timeout_s`` seconds (``_Worker``)."""
-    worker = _Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.stop_timeout_s, worker.on_overdue = stop_timeout_s, on_overdue
+    worker = _Worker(app, stop_timeout_s=stop_timeout_s, on_overdue=on_overdue,
+                     loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None
     return worker
 
 
 def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: str,
-                  web_port: int, web_host: str, loglevel: str,
-                  stop_timeout_s: float = 20.0) -> int:
+                  web_port: int, web_host: str, loglevel: str, stop_timeout_s: float) -> int:
     """Serve /metrics, /healthz, /readyz (when ``web_port``), print ``banner`` and run the Faust
     app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker (1 when its
     stop took over ``stop_timeout_s`` seconds and was cut short).
@@ -169,6 +170,7 @@ def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: 
     server = serve(metrics.registry, ready, web_port, web_host) if web_port else None
     print(banner + (f", metrics http://{web_host}:{web_port}/metrics" if server else ""),
           flush=True)
+
     def last_word() -> None:
         # the last word on what this process did: a scrape racing the shutdown can miss the
         # messages processed (and committed) while it stopped
