@@ -111,48 +111,53 @@ def fold(low_runs: list[list[float]], high_runs: list[list[float]], prev: list[i
          s: int, slot: list[float], th: Thresholds) -> list[int]:
     """Fold slot ``s`` (slots come in increasing order) into the run lists; return the new
     ``prev`` marker ``[slot, class]``. Pure on its arguments' contents: callers pass copies when
-    they only want to look."""
+    they only want to look.
+
+    Times (ms) and counts are written into the runs as ``int``: the rows are ``list[float]``,
+    and the engine compiled by mypyc reads an item of such a list as a C double, so without
+    ``int`` a run would hold ``1790306000000.0`` where the interpreted engine holds
+    ``1790306000000``, and the serialised state would differ between the two engines."""
     cls = slot_class(slot)
     if cls == MID:  # neither low nor recovered: ends the runs before it, starts none
         return [s, cls]
     slot_ms = th.bp_slot_ms
     continues = bool(prev) and prev[1] == cls and (s - prev[0] - 1) * slot_ms <= th.bp_gap_ms
     if cls == LOW:
-        n_sbp, n_map = slot[SBP_LOW], slot[MAP_LOW]
+        n_sbp, n_map = int(slot[SBP_LOW]), int(slot[MAP_LOW])
         n_low = n_sbp if n_sbp > n_map else n_map  # an SBP and its MAP are one reading
         if continues and low_runs:
             run = low_runs[-1]
-            run[R_LAST] = max(run[R_LAST], slot[LAST_LOW_T])
+            run[R_LAST] = int(max(run[R_LAST], slot[LAST_LOW_T]))
             run[R_END] = s
             run[R_N] += n_low
             run[R_MIN_SBP] = min(run[R_MIN_SBP], slot[MIN_SBP])
             run[R_MIN_MAP] = min(run[R_MIN_MAP], slot[MIN_MAP])
             run[R_NS] += n_sbp
             run[R_NM] += n_map
-            run[R_AV] = max(run[R_AV], slot[LOW_AV])
+            run[R_AV] = int(max(run[R_AV], slot[LOW_AV]))
         else:
-            run = [slot[FIRST_LOW_T], slot[LAST_LOW_T], s, s, n_low, slot[MIN_SBP],
-                   slot[MIN_MAP], 0, n_sbp, n_map, slot[LOW_AV], 0]
+            run = [int(slot[FIRST_LOW_T]), int(slot[LAST_LOW_T]), s, s, n_low, slot[MIN_SBP],
+                   slot[MIN_MAP], 0, n_sbp, n_map, int(slot[LOW_AV]), 0]
             low_runs.append(run)
         hold_ms = th.hypotension_hold_min * MIN_MS
         if (not run[R_Q] and run[R_N] >= th.hypotension_min_readings
                 and run[R_LAST] - run[R_FIRST] >= hold_ms):
             run[R_Q] = int(max(run[R_FIRST] + hold_ms, slot[FIRST_LOW_T]))
-            run[R_QA] = max(run[R_AV], run[R_Q])
+            run[R_QA] = int(max(run[R_AV], run[R_Q]))
     elif cls == HIGH:
         if continues and high_runs:
             run = high_runs[-1]
             run[H_END] = s
             if slot[HIGH_AV] > run[H_AV]:
-                run[H_AV] = slot[HIGH_AV]
+                run[H_AV] = int(slot[HIGH_AV])
         else:
-            run = [s, s, 0, slot[HIGH_AV], 0]
+            run = [s, s, 0, int(slot[HIGH_AV]), 0]
             high_runs.append(run)
         if not run[H_Q]:  # not yet held long enough: is it now?
             hold_ms = th.recovery_hold_min * MIN_MS
             if (run[H_END] + 1 - run[H_START]) * slot_ms >= hold_ms:
                 run[H_Q] = int(run[H_START] * slot_ms + hold_ms)
-                run[H_QA] = max(run[H_AV], run[H_Q])
+                run[H_QA] = int(max(run[H_AV], run[H_Q]))
     return [s, cls]
 
 
