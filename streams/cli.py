@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from detectors.config import ThresholdsError, load_thresholds
-
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
 
@@ -63,6 +61,14 @@ class _Parser(argparse.ArgumentParser):
         return namespace
 
 
+def load_thresholds(path: str | None) -> Any:
+    """``detectors.config.load_thresholds``, imported only once ``main`` has chosen the engine
+    (``streams.ops.engine``): nothing in this module imports ``detectors`` when it loads."""
+    from detectors.config import load_thresholds as load
+
+    return load(path)
+
+
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", metavar="FILE", default=_env("CLSMON_THRESHOLDS"),
                    help="TOML file overriding clinical thresholds (env CLSMON_THRESHOLDS; "
@@ -71,11 +77,12 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from streams.offline.replay import run_replay
+    from streams.ops.engine import label as engine_label
 
     return run_replay(args.observations, patients=args.patients, out=args.out,
                       rejects=args.rejects, sort=args.sort, plots=args.plots,
                       thresholds=load_thresholds(args.thresholds), quiet=args.quiet,
-                      interventions=args.interventions)
+                      interventions=args.interventions, engine=engine_label())
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -608,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXPECTED_ERRORS: tuple[type[Exception], ...] = (ThresholdsError, FileNotFoundError,
-                                                 PermissionError, PortInUseError)
+_EXPECTED_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, PermissionError,
+                                                 PortInUseError)
 
 
 def _cmd_hl7_listen(args: argparse.Namespace) -> int:
@@ -744,7 +751,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 #: the errors a user can fix, by module: a module that was never imported cannot have raised
 #: its error, so none is imported just to catch it (pandas alone costs seconds: an unreachable
 #: broker must be reported within 10 s)
-_USER_ERRORS = {"streams.offline.sources": "ReplayError",
+_USER_ERRORS = {"detectors.config": "ThresholdsError",
+                "streams.offline.sources": "ReplayError",
                 "streams.offline.mimic3.mapping": "Mimic3Error",
                 "streams.kafka.connection": "BrokerError",
                 "streams.notify.oncall": "OnCallError",
@@ -762,6 +770,13 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from streams.ops.engine import EngineError, select
+
+    try:  # before anything imports detectors: the compiled build or the source tree
+        select()
+    except EngineError as exc:
+        print(f"clsmon: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

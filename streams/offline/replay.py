@@ -431,8 +431,9 @@ class Progress:
 def run_replay(observations: str, *, patients: str | None = None, out: str | None = None,
                rejects: str | None = None, sort: bool = False, plots: str | None = None,
                thresholds: Thresholds = DEFAULT_THRESHOLDS, quiet: bool = False,
-               interventions: str | None = None) -> int:
-    """``clsmon replay``: replay a file, write alerts, rejects and plots, print a summary.
+               interventions: str | None = None, engine: str | None = None) -> int:
+    """``clsmon replay``: replay a file, write alerts, rejects and plots, print a summary
+    (``engine``: the engine's name for it, ``streams.ops.engine.label``).
 
     The file is read in chunks unless ``sort`` (memory bounded by the chunk, not the file).
     Returns the exit code (0). Raises ``ReplayError`` for a file that cannot be replayed.
@@ -455,6 +456,8 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
     if not quiet:
         for line in summary_lines(result):
             print(line)
+        if engine:
+            print(f"engine: {engine}")
         if out:
             print(f"alerts written to {out}")
         if rejects:

@@ -25,6 +25,7 @@ import faust
 from detectors.config import load_thresholds
 from streams.kafka import consumer, faust_app
 from streams.kafka.topics import check_co_partitioned, ensure_topics
+from streams.ops.engine import label as engine_label
 from streams.worker.config import TABLE_NAME, WorkerConfig, faust_settings
 from streams.worker.detector import Detector
 from streams.worker.metrics import Metrics
@@ -126,7 +127,7 @@ def run(cfg: WorkerConfig) -> int:
     check_co_partitioned(cfg.connection, cfg.names, cfg.partitions)  # TopicLayoutError: exit 2
     worker = build(cfg)
     banner = (f"clsmon worker: broker {cfg.connection.describe()}, topics {cfg.topic_prefix}*, "
-              f"{cfg.partitions} partitions")
+              f"{cfg.partitions} partitions, engine: {engine_label()}")
     return faust_app.serve_and_run(worker.app, worker.metrics, worker.ready, banner,
                                    cfg.web_port, cfg.web_host, cfg.loglevel,
                                    cfg.stop_timeout_s)
