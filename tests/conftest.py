@@ -7,6 +7,13 @@ import pytest
 from hypothesis import settings
 from kafka_broker import KafkaEndpoint, kafka_endpoint
 
+# This process runs the source tree's detectors/, never the compiled engine of
+# .venv/clsmon-engine: tests monkeypatch its functions (tests/test_memo.py), which compiled
+# modules refuse. Imported here, before any test calls clsmon's main in this process, it stays
+# so (streams.ops.engine.select never switches an imported engine); the clsmon processes the
+# tests start choose their engine themselves (tests/test_engine.py compares the two).
+import detectors.phases  # noqa: E402,F401,I001
+
 # Property tests (tests/test_properties.py): `make test` runs the same examples every time
 # ("ci": derandomized, no example database), so a failure is the code's and reproducible, never
 # a draw's; a counterexample found once is pinned with @example. "explore" draws at random (new

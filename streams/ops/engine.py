@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["build"]:
         print(f"compiling detectors/ with mypyc into {ENGINE_DIR} (~1.5 min)", flush=True)
-        failed = build()
+        try:
+            failed = build()
+        except OSError as exc:  # a full disk, a read-only venv: still no reason to stop
+            failed = str(exc)
         print(f"compiled engine ready: {ENGINE_DIR}" if failed is None else
               f"compiled engine not built ({failed}); clsmon will use the interpreted engine")
         return 0

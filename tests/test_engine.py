@@ -1,0 +1,257 @@
+"""The compiled engine (``streams.ops.engine``): ``clsmon`` runs ``detectors/`` compiled by mypyc
+when an up-to-date build exists, with the alerts and rejects of the interpreted engine, byte for
+byte; a stale build is never used; the test process itself runs the source tree.
+
+The build is made by ``make install`` / ``make engine`` (``make test`` depends on it). Where no C
+compiler or no Python headers exist, the tests that need it skip saying so; where they exist, a
+missing or stale build fails them (``make engine`` rebuilds it)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from realdata import need
+
+import detectors.phases
+from streams.ops import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compiler_missing() -> str | None:
+    """Why mypyc cannot build here (no C compiler, no Python headers), or None."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc!r} is not on PATH)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"no Python headers ({headers} is missing)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def compiled_build() -> Path:
+    """The venv's compiled engine; skips (saying why) only where it cannot be built at all."""
+    missing = _compiler_missing()
+    if missing:
+        pytest.skip(f"compiled engine not tested: {missing}; clsmon runs interpreted here")
+    why_not = engine.build_status()
+    assert why_not is None, f"{why_not}: run `make engine` (make test does)"
+    return engine.ENGINE_DIR
+
+
+def _replay(args: list[str], tmp: Path, mode: str) -> tuple[bytes, bytes, str]:
+    """``clsmon replay ARGS`` in a child with ``CLSMON_ENGINE=mode``: (alerts, rejects, stdout)."""
+    out, rejects = tmp / f"alerts-{mode}.jsonl", tmp / f"rejects-{mode}.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "replay", *args, "--out", str(out),
+         "--rejects", str(rejects)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, engine.ENV_VAR: mode})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr  # no stale warning, no traceback
+    return out.read_bytes(), rejects.read_bytes(), done.stdout
+
+
+def _both_engines_agree(args: list[str], tmp: Path) -> int:
+    """Replays with each engine; asserts identical alerts and rejects and the named engine;
+    returns the number of alerts."""
+    alerts_c, rejects_c, shown_c = _replay(args, tmp, "compiled")
+    alerts_i, rejects_i, shown_i = _replay(args, tmp, "interpreted")
+    assert f"engine: {engine.COMPILED_LABEL}\n" in shown_c
+    assert f"engine: {engine.INTERPRETED_LABEL}\n" in shown_i
+    assert alerts_c == alerts_i
+    assert rejects_c == rejects_i
+    return alerts_c.count(b"\n")
+
+
+def test_the_test_process_runs_the_source_tree() -> None:
+    """Tests monkeypatch detectors' functions (compiled ones refuse it): this process imports
+    the source tree, and ``clsmon``'s ``main`` called in it (as many tests do) cannot switch
+    to the compiled engine, whatever ``CLSMON_ENGINE`` says."""
+    assert Path(detectors.phases.__file__).resolve() == ROOT / "detectors" / "phases.py"
+    path_before = list(sys.path)
+    assert engine.select({engine.ENV_VAR: "compiled"}) == engine.INTERPRETED_LABEL
+    assert sys.path == path_before and engine.label() == engine.INTERPRETED_LABEL
+
+
+def _simulated_cohort(tmp: Path) -> list[str]:
+    """A simulated cohort (hourly vitals, gaps, integer-valued vitals as monitors chart them)
+    with its contexts and interventions (fluids, albumin, red cells, a vasopressor)."""
+    obs = tmp / "cohort.csv"
+    subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--patients", "60",
+                    "--hours", "96", "--seed", "5", "--vitals-every-min", "60", "--missing",
+                    "0.1", "--to", str(obs), "--quiet"], cwd=ROOT, check=True, timeout=300,
+                   env={**os.environ, engine.ENV_VAR: "interpreted"})
+    with obs.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    first: dict[str, str] = {}
+    for row in rows:
+        if row["kind"] in ("sbp", "map", "heart_rate"):  # monitors chart whole numbers
+            row["value"] = str(round(float(row["value"])))
+        first.setdefault(row["patient_id"], row["observed_at"])
+    with obs.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    given = tmp / "interventions.csv"
+    with given.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["patient_id", "kind", "agent", "started_at", "ended_at", "amount",
+                         "amount_unit", "id"])
+        for n, (pid, start) in enumerate(sorted(first.items())):  # a day into the stay
+            at = (datetime.fromisoformat(start) + timedelta(hours=24 + n % 7)).isoformat()
+            kind, agent, amount, unit = [
+                ("crystalloid", "NaCl 0.9%", "1000", "mL"), ("albumin", "albumin 20%", "100",
+                                                              "mL"),
+                ("red_cells", "packed red cells", "300", "mL"),
+                ("vasopressor", "norepinephrine", "4", "mg")][n % 4]
+            writer.writerow([pid, kind, agent, at, "", amount, unit, f"iv-{n}"])
+    return [str(obs), "--patients", str(tmp / "cohort.patients.csv"),
+            "--interventions", str(given)]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``clsmon replay``'s arguments for ``_simulated_cohort``."""
+    return _simulated_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+def test_both_engines_give_the_same_alerts_and_rejects_on_a_simulated_cohort(
+        compiled_build: Path, cohort: list[str], tmp_path: Path) -> None:
+    alerts = _both_engines_agree(cohort, tmp_path)
+    assert alerts > 0  # a cohort a third CLS raises alerts: an empty file would prove nothing
+
+
+#: a child that replays ARGV[2:] (observations, patients, interventions) on the engine
+#: ``CLSMON_ENGINE`` names and prints every live patient's serialised state (the changelog's
+#: JSON), after checking that it reads back to the same bytes
+_STATES = """
+import sys
+from streams.ops.engine import select
+print(select(), file=sys.stderr)
+from detectors.state import PatientState
+from streams.offline.replay import replay_chunks
+from streams.offline.sources import iter_observations, read_contexts, read_interventions
+obs, patients, given = sys.argv[1:]
+result = replay_chunks(iter_observations(obs), read_contexts(patients),
+                       interventions=read_interventions(given))
+for pid in sorted(result.states):
+    data = result.states[pid].to_json()
+    assert PatientState.from_json(data).to_json() == data, pid
+    print(data.decode())
+"""
+
+
+def _states(cohort: list[str], mode: str) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", _STATES, cohort[0], cohort[2], cohort[4]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, engine.ENV_VAR: mode})
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr.strip()
+
+
+def test_both_engines_serialise_the_same_patient_state(compiled_build: Path,
+                                                        cohort: list[str]) -> None:
+    """The changelog's JSON of every patient: a compiled ``float`` turns an int into a float
+    (a time of 1790306000000 written 1790306000000.0), which no alert may show but a state
+    read back by the other engine would."""
+    compiled, shown_c = _states(cohort, "compiled")
+    interpreted, shown_i = _states(cohort, "interpreted")
+    assert (shown_c, shown_i) == (engine.COMPILED_LABEL, engine.INTERPRETED_LABEL)
+    assert compiled.count("\n") == 60 and '"hypo"' in compiled  # every patient, low runs too
+    assert compiled == interpreted
+
+
+def test_both_engines_give_the_same_alerts_and_rejects_on_the_mimic3_demo(
+        compiled_build: Path, tmp_path: Path) -> None:
+    demo = need("mimic3-demo")
+    files = tmp_path / "mimic3"
+    subprocess.run([sys.executable, "-m", "streams.cli", "import", "mimic3", str(demo), "--out",
+                    str(files), "--quiet"], cwd=ROOT, check=True, timeout=300)
+    alerts = _both_engines_agree(
+        [str(files / "observations.csv"), "--patients", str(files / "patients.csv"),
+         "--interventions", str(files / "interventions.csv")], tmp_path)
+    assert alerts > 0
+
+
+def _copy_of_the_build(build: Path, tmp: Path) -> tuple[Path, Path]:
+    """A copy of the build and of the sources it was built from (the real ones stay as they
+    are): (engine folder, sources folder)."""
+    sources = tmp / "src" / "detectors"
+    shutil.copytree(ROOT / "detectors", sources, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = tmp / "engine"
+    shutil.copytree(build, copy)
+    return copy, sources
+
+
+def _select_in_child(copy: Path, sources: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    code = ("import sys; from pathlib import Path; from streams.ops import engine; "
+            f"print(engine.select({{'CLSMON_ENGINE': {mode!r}}}, Path({str(copy)!r}), "
+            f"Path({str(sources)!r}))); import detectors.phases; print(detectors.phases.__file__)")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_build_of_the_current_sources_is_used(compiled_build: Path, tmp_path: Path) -> None:
+    copy, sources = _copy_of_the_build(compiled_build, tmp_path)
+    done = _select_in_child(copy, sources, "auto")
+    assert done.returncode == 0, done.stderr
+    shown, origin = done.stdout.splitlines()
+    assert shown == engine.COMPILED_LABEL and origin.startswith(str(copy / "detectors"))
+    assert done.stderr == ""
+
+
+def test_a_stale_build_is_never_used(compiled_build: Path, tmp_path: Path) -> None:
+    """A developer edits detectors/ and forgets to rebuild: the interpreted engine runs, and
+    one line says why and how to rebuild; asking for the compiled engine is a one-line error."""
+    copy, sources = _copy_of_the_build(compiled_build, tmp_path)
+    phases = sources / "phases.py"
+    phases.write_text(phases.read_text() + "\n# an edit after the build\n")
+    done = _select_in_child(copy, sources, "auto")
+    assert done.returncode == 0, done.stderr
+    shown, origin = done.stdout.splitlines()
+    assert shown == engine.INTERPRETED_LABEL and origin == str(ROOT / "detectors" / "phases.py")
+    assert done.stderr.count("\n") == 1 and "stale" in done.stderr
+    assert "make engine" in done.stderr
+    refused = _select_in_child(copy, sources, "compiled")
+    assert refused.returncode == 1 and "EngineError" in refused.stderr and "stale" in \
+        refused.stderr
+
+
+def test_a_build_for_another_python_is_stale(compiled_build: Path, tmp_path: Path) -> None:
+    copy, sources = _copy_of_the_build(compiled_build, tmp_path)
+    built = engine.Stamp.read(copy)
+    assert built is not None
+    engine.Stamp(built.sources, "3.10.0 .cpython-310-x86_64-linux-gnu.so").write(copy)
+    why_not = engine.build_status(copy, sources)
+    assert why_not is not None and "Python 3.10.0" in why_not
+
+
+def test_clsmon_compiled_without_a_build_is_a_one_line_error(tmp_path: Path) -> None:
+    """``CLSMON_ENGINE=compiled`` where no build exists (here: a Python whose prefix has none)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from streams.ops import "
+         "engine; engine.ENGINE_DIR = Path(sys.argv[1]); from streams.cli import main; "
+         "sys.exit(main(['--version']))", str(tmp_path / "none")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, engine.ENV_VAR: "compiled"})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no compiled engine" in done.stderr
+
+
+def test_an_unknown_engine_is_a_one_line_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "--version"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, engine.ENV_VAR: "fast"})
+    assert done.returncode == 2
+    assert done.stderr == ("clsmon: error: CLSMON_ENGINE='fast': use one of auto, compiled, "
+                           "interpreted\n")
+
