@@ -11,16 +11,15 @@ visible. Checks, not timed: the chunked path gives the alerts of the in-memory p
 file, and peak RSS on the 1M-row file against the 10M-row one (memory must not grow with the
 file).
 
-``--compiled`` runs the same command on the engine (``detectors/``) compiled with mypyc, mypy's
-compiler (pinned in the dev extras; needs a C compiler and the Python headers): ``detectors/`` is
-copied to a temporary folder and built there, so the source tree itself stays interpreted. The
-compiled run's alerts on the 1M-row file are compared byte for byte with the interpreted one's.
-A compiled ``float`` field or parameter holds an int as a float (``8`` becomes ``8.0``): the one
-such value found in the alerts (the count of late blood-pressure readings, MIMIC-III demo) is
-printed as a whole number by ``Evidence.to_dict``; the 1M-row file has no late readings, so
-compare other inputs too before shipping a compiled build.
+The command runs as a user gets it: ``--engine auto`` (the default) is ``clsmon``'s own
+choice, the engine compiled with mypyc by ``make install`` when it is up to date with the
+sources (``streams/ops/engine.py``), else the interpreted one; the engine used is printed and
+written. ``--engine interpreted`` measures the interpreted engine for comparison, ``--engine
+compiled`` insists on the compiled one. When the compiled engine runs, its alerts on the 1M-row
+file are compared byte for byte with the interpreted engine's.
 
-    python bench/chunked_replay_bench.py [--rows 10000000] [--runs 3] [--compiled]
+    python bench/chunked_replay_bench.py [--rows 10000000] [--runs 3]
+                                         [--engine auto|compiled|interpreted]
                                          [--out bench/results/chunked.json]
 
 Targets (issue 12): >= 150,000 observations/s and peak RSS < 600 MB on 10M rows.
@@ -33,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchio import write_results  # noqa: E402  (bench/ is the script's folder)
-from replay_bench import build_file, engine_only, one_core_prefix
+from replay_bench import build_file, engine_only_in, engine_used, one_core_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,52 +74,20 @@ def build_big(rows: int, data: Path) -> Path:
     return path
 
 
-def compile_engine(into: Path) -> Path:
-    """``detectors/`` compiled with mypyc into ``into``, next to a link to ``streams/``: run from
-    there, ``python -m streams.cli`` imports the compiled engine. ``detectors/units.py`` stays
-    interpreted: the bulk gate calls its converters on whole numpy arrays, which a compiled
-    ``float`` parameter refuses. Raises SystemExit with mypyc's last lines when the build fails."""
-    shutil.copytree(ROOT / "detectors", into / "detectors",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (into / "streams").symlink_to(ROOT / "streams")
-    modules = sorted(str(p.relative_to(into)) for p in (into / "detectors").rglob("*.py")
-                     if p.name != "units.py")
-    print(f"compiling {len(modules)} modules of detectors/ with mypyc (~1.5 min)", flush=True)
-    built = subprocess.run([sys.executable, "-m", "mypyc", *modules], cwd=into,
-                           capture_output=True, text=True)
-    if built.returncode:
-        tail = "\n".join((built.stdout + built.stderr).splitlines()[-5:])
-        raise SystemExit(f"mypyc could not compile detectors/ (a C compiler and the Python "
-                         f"headers are needed):\n{tail}")
-    return into
-
-
-def run_cli(path: Path, out: Path, cwd: Path = ROOT) -> tuple[float, float, float]:
+def run_cli(path: Path, out: Path, mode: str) -> tuple[float, float, float]:
     """(seconds, peak RSS of this child alone in MB: ``wait4``'s rusage, not the maximum over
     every child so far, and its CPU seconds: on a shared machine wall time also counts the
-    time other processes held the core). ``cwd``: where ``streams.cli`` is imported from (the
-    compiled engine's folder, see ``compile_engine``)."""
+    time other processes held the core). ``mode``: ``CLSMON_ENGINE`` of the child."""
     cmd = one_core_prefix() + [sys.executable, "-m", "streams.cli", "replay", str(path),
                                "--out", str(out), "--quiet"]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "CLSMON_ENGINE": mode})
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"clsmon replay failed with exit code {proc.returncode}")
     return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # kB on Linux
-
-
-def engine_only_in(engine: Path, small: Path) -> float:
-    """``engine_only`` in a child run from ``engine`` (the compiled engine is imported before
-    ``replay_bench``, which puts the source tree first on the path)."""
-    code = ("import sys; import detectors.phases, streams.offline.replay; "
-            f"sys.path.append({str(ROOT / 'bench')!r}); from replay_bench import engine_only; "
-            f"print(engine_only(__import__('pathlib').Path({str(small)!r}))[0])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=engine, check=True,
-                         capture_output=True, text=True).stdout
-    return float(out.split()[-1])
 
 
 def same_alerts_as_in_memory(path: Path) -> bool:
@@ -136,10 +102,11 @@ def same_alerts_as_in_memory(path: Path) -> bool:
 def summarise(args: argparse.Namespace, path: Path, seconds: list[float], rss: list[float],
               cpu: list[float], rss_small: float, launcher_mb: float, alerts: int,
               load_start: tuple[float, float, float], load_end: tuple[float, float, float],
-              same: bool | None, engine_rate: float | None,
+              same: bool | None, engine_rate: float | None, engine: str,
               same_as_interpreted: bool | None = None) -> dict[str, Any]:
     """The figures of the runs so far (``same``/``engine_rate`` None: not measured yet;
-    ``same_as_interpreted``: the compiled engine's alerts, None when not compiled)."""
+    ``engine``: the engine's label; ``same_as_interpreted``: the compiled engine's alerts, None
+    when not compiled)."""
     best, median = args.rows / min(seconds), args.rows / statistics.median(seconds)
     peak = max(rss)
     grows = peak > rss_small + RSS_GROWTH_TOLERANCE_MB
@@ -154,7 +121,7 @@ def summarise(args: argparse.Namespace, path: Path, seconds: list[float], rss: l
         "rss_grows_with_file": grows, "launcher_rss_mb": round(launcher_mb),
         "engine_only_obs_per_s_1m": None if engine_rate is None else round(engine_rate),
         "alerts": alerts, "same_alerts_as_in_memory_1m": same,
-        "compiled_engine": args.compiled,
+        "engine": engine, "engine_asked": args.engine,
         "same_alerts_as_interpreted_1m": same_as_interpreted,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in load_end],
@@ -173,17 +140,17 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000,
                         help="rows of the generated CSV (default 10,000,000; ~546 MB)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of clsmon replay")
-    parser.add_argument("--compiled", action="store_true",
-                        help="run on the engine compiled with mypyc (detectors/ built in a "
-                             "temporary folder; the source tree stays interpreted)")
+    parser.add_argument("--engine", choices=("auto", "compiled", "interpreted"), default="auto",
+                        help="CLSMON_ENGINE of the runs (default auto: clsmon as shipped, the "
+                             "compiled engine when its build is up to date)")
     parser.add_argument("--out", default=None,
-                        help="where the figures are written (default bench/results/chunked.json, "
-                             "with --compiled bench/results/chunked-compiled.json)")
+                        help="where the figures are written (default bench/results/chunked.json; "
+                             "with --engine interpreted bench/results/chunked-interpreted.json)")
     parser.add_argument("--data", default=str(ROOT / "bench" / "data"),
                         help="folder of the generated input, built once (default bench/data)")
     args = parser.parse_args()
     if args.out is None:
-        name = "chunked-compiled.json" if args.compiled else "chunked.json"
+        name = "chunked-interpreted.json" if args.engine == "interpreted" else "chunked.json"
         args.out = str(ROOT / "bench" / "results" / name)
     load_start = os.getloadavg()
     print(f"load average at start (1/5/15 min): {load_start[0]:.2f} {load_start[1]:.2f} "
@@ -193,20 +160,22 @@ def main() -> int:
     # Every replay runs before this process does any replaying itself: a child's ru_maxrss
     # starts from its parent's RSS at the fork, so a big parent would set a floor to it
     launcher_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    engine = engine_used(args.engine)
+    compiled = engine != "interpreted"
+    print(f"engine: {engine}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = compile_engine(Path(tmp) / "engine") if args.compiled else ROOT
-        _, rss_small, _ = run_cli(small, Path(tmp) / "alerts_1m.jsonl", engine)
+        _, rss_small, _ = run_cli(small, Path(tmp) / "alerts_1m.jsonl", args.engine)
         print(f"peak RSS on the 1M-row file: {rss_small:,.0f} MB", flush=True)
         same_as_interpreted = None
-        if args.compiled:
-            run_cli(small, Path(tmp) / "alerts_1m_interpreted.jsonl")
+        if compiled:
+            run_cli(small, Path(tmp) / "alerts_1m_interpreted.jsonl", "interpreted")
             same_as_interpreted = (Path(tmp) / "alerts_1m.jsonl").read_bytes() == (
                 Path(tmp) / "alerts_1m_interpreted.jsonl").read_bytes()
             print(f"compiled alerts == interpreted alerts, byte for byte (1M rows): "
                   f"{same_as_interpreted}", flush=True)
         seconds, rss, cpu = [], [], []
         for i in range(args.runs):
-            s, r, c = run_cli(path, Path(tmp) / "alerts.jsonl", engine)
+            s, r, c = run_cli(path, Path(tmp) / "alerts.jsonl", args.engine)
             seconds.append(s)
             rss.append(r)
             cpu.append(c)
@@ -217,18 +186,17 @@ def main() -> int:
             alerts = sum(1 for _ in (Path(tmp) / "alerts.jsonl").open())
             write_results(args.out, summarise(args, path, seconds, rss, cpu, rss_small,
                                               launcher_mb, alerts, load_start,
-                                              os.getloadavg(), None, None,
+                                              os.getloadavg(), None, None, engine,
                                               same_as_interpreted))
         alerts = sum(1 for _ in (Path(tmp) / "alerts.jsonl").open())
         load_end = os.getloadavg()
         same = same_alerts_as_in_memory(small)
         print(f"chunked alerts == in-memory alerts (1M rows): {same}", flush=True)
-        engine_rate = engine_only_in(engine, small) if args.compiled else engine_only(small)[0]
+        engine_rate = engine_only_in(args.engine, small)[0]
     result = summarise(args, path, seconds, rss, cpu, rss_small, launcher_mb, alerts,
-                       load_start, load_end, same, engine_rate, same_as_interpreted)
+                       load_start, load_end, same, engine_rate, engine, same_as_interpreted)
     best, median = args.rows / min(seconds), args.rows / statistics.median(seconds)
-    engine_name = " (compiled engine)" if args.compiled else ""
-    print(f"clsmon replay{engine_name}, {args.rows:,} rows ({result['file_mb']} MB), 1 core, "
+    print(f"clsmon replay (engine: {engine}), {args.rows:,} rows ({result['file_mb']} MB), 1 core, "
           f"{args.runs} runs: min {args.rows / max(seconds):,.0f} / median {median:,.0f} / best "
           f"{best:,.0f} obs/s (target {TARGET_OBS_PER_S:,}); peak RSS {max(rss):,.0f} MB (target "
           f"< {TARGET_RSS_MB}; 1M rows: {rss_small:,.0f} MB); {alerts} alerts; engine alone "

@@ -15,6 +15,7 @@ Targets (issue 2): >= 150,000 observations/s end to end on one core; state < 4 K
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -98,6 +99,32 @@ def engine_only(path: Path) -> tuple[float, list[int], int]:
     return len(observations) / elapsed, sizes, len(observations)
 
 
+def engine_used(mode: str) -> str:
+    """The engine ``clsmon`` runs with ``CLSMON_ENGINE=mode`` (``streams.ops.engine.label``);
+    raises SystemExit with clsmon's line when it refuses the mode."""
+    done = subprocess.run([sys.executable, "-c", "from streams.ops.engine import select; "
+                           "print(select())"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "CLSMON_ENGINE": mode})
+    if done.returncode:
+        raise SystemExit(done.stderr.strip().splitlines()[-1])
+    if done.stderr:
+        print(done.stderr.strip(), flush=True)  # e.g. a stale build, not used
+    return done.stdout.strip()
+
+
+def engine_only_in(mode: str, path: Path) -> tuple[float, list[int], int]:
+    """``engine_only`` in a child whose engine ``clsmon`` chose with ``CLSMON_ENGINE=mode``
+    (``streams.ops.engine.select``, before anything imports ``detectors``)."""
+    code = ("import json, sys; from streams.ops.engine import select; select(); "
+            f"sys.path.append({str(ROOT / 'bench')!r}); from replay_bench import engine_only; "
+            f"print(json.dumps(engine_only(__import__('pathlib').Path({str(path)!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "CLSMON_ENGINE": mode}).stdout
+    rate, sizes, n_obs = json.loads(out.splitlines()[-1])
+    return float(rate), sizes, int(n_obs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file")
@@ -110,13 +137,16 @@ def main() -> int:
     path = Path(args.data) / f"replay_{args.rows}.csv"
     if not path.exists():
         build_file(args.rows, path)
-    print(f"clsmon replay {path.name}: {args.runs} runs on one core", flush=True)
+    engine = engine_used("auto")
+    print(f"clsmon replay {path.name}: {args.runs} runs on one core, engine: {engine}",
+          flush=True)
     seconds = time_cli(path, args.runs)
     rate_best = args.rows / min(seconds)
     rate_median = args.rows / statistics.median(seconds)
-    engine_rate, sizes, n_obs = engine_only(path)
+    engine_rate, sizes, n_obs = engine_only_in("auto", path)
     result = {
-        "rows": args.rows, "runs": args.runs, "seconds": [round(s, 3) for s in seconds],
+        "rows": args.rows, "runs": args.runs, "engine": engine,
+        "seconds": [round(s, 3) for s in seconds],
         "end_to_end_obs_per_s_best": round(rate_best),
         "end_to_end_obs_per_s_median": round(rate_median),
         "engine_only_obs_per_s": round(engine_rate),
