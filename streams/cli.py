@@ -12,7 +12,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:  # never at run time: main chooses the engine before detectors is imported
+    from detectors.config import Thresholds
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 
@@ -61,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
         return namespace
 
 
-def load_thresholds(path: str | None) -> Any:
+def load_thresholds(path: str | None) -> Thresholds:
     """``detectors.config.load_thresholds``, imported only once ``main`` has chosen the engine
     (``streams.ops.engine``): nothing in this module imports ``detectors`` when it loads."""
     from detectors.config import load_thresholds as load
