@@ -40,12 +40,16 @@ class WorkerProcess:
     """``python -m streams.cli worker`` in a child process, with its metrics port."""
 
     def __init__(self, bootstrap: str, prefix: str, data_dir: Path, *extra: str,
-                 partitions: int = 3, env: dict[str, str] | None = None) -> None:
+                 partitions: int = 3, env: dict[str, str] | None = None,
+                 faust_dir: bool = True) -> None:
+        """``faust_dir`` False: no ``--data-dir``, the worker makes its own temporary one (in
+        ``$TMPDIR``, which ``env`` may set)."""
         self.port = free_port()
         self.log_path = data_dir / f"worker-{self.port}.log"
         cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", f"kafka://{bootstrap}",
                "--web-port", str(self.port), "--web-host", "127.0.0.1", "--topic-prefix", prefix,
-               "--partitions", str(partitions), "--data-dir", str(data_dir / "faust"),
+               "--partitions", str(partitions),
+               *(("--data-dir", str(data_dir / "faust")) if faust_dir else ()),
                "--flush-idle-s", "1", "--fetch-wait-ms", "10", *extra]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(env), stdout=self._log,
@@ -61,10 +65,12 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def output(self) -> str:
+    def output(self, whole: bool = False) -> str:
+        """The worker's console output: its last 4,000 characters, or all of it."""
         if not self._log.closed:
             self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        text = self.log_path.read_text(errors="replace")
+        return text if whole else text[-4000:]
 
     def wait_ready(self, timeout: float = 45.0) -> None:
         deadline = time.monotonic() + timeout

@@ -99,6 +99,16 @@ and the notifier through ``install``; and ``StallGuard``, the safety net for wha
    that finds nothing left to commit (the commit at the highwater) as a commit, so "last commit"
    means "last time the commit was up to date"; a commit that stops while records wait is still
    reported.
+
+10. **A traceback at a stop with the broker gone.** aiokafka's ``Fetcher.close`` cancels its
+   pending fetch requests and awaits each without suppressing the ``CancelledError`` (its own
+   fetch routine, just above, is awaited under ``suppress``; aiokafka issue #647 reports the
+   same in the coordinator's close). A fetch request is pending at a stop when it waits for its
+   retry backoff, i.e. when the broker does not answer: the error ends the consumer thread's
+   stop and prints a 30-line traceback ("Exception in thread ...: CancelledError") into the
+   log of a worker or notifier stopped while its broker was gone (a newcomer's check). Our
+   ``_proc_fetch_request`` ends quietly, with no result, when it is cancelled because its
+   fetcher is closing; a cancellation at any other time is left to propagate.
 """
 
 from __future__ import annotations
@@ -135,12 +145,18 @@ async def _proc_fetch_request(self: Any, assignment: Any, node_id: int, request:
     """aiokafka's fetch round trip, then, for every partition whose state this response
     updated, ``(highwater, send time in ms)`` in ``self.clsmon_fetch_basis[tp]`` (8. in the
     module doc). A response that did not update a partition (an error, a position that moved
-    meanwhile) leaves its previous basis in place, which is only older: safe."""
+    meanwhile) leaves its previous basis in place, which is only older: safe. Cancelled by a
+    closing fetcher, it returns False (no wake-up needed) instead of raising (10.)."""
     sent_ms = int(1000 * time.time())
     tps = [TopicPartition(topic, partition)
            for topic, partitions in request.topics for partition, *_ in partitions]
     before = {tp: _stamp(assignment, tp) for tp in tps}
-    result = await _AIOKAFKA_PROC_FETCH_REQUEST(self, assignment, node_id, request)
+    try:
+        result = await _AIOKAFKA_PROC_FETCH_REQUEST(self, assignment, node_id, request)
+    except asyncio.CancelledError:
+        if getattr(self, "_closed", False):  # Fetcher.close awaits it unguarded (10.)
+            return False
+        raise
     basis = self.__dict__.setdefault("clsmon_fetch_basis", {})
     for tp in tps:
         state = assignment.state_value(tp)

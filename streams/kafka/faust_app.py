@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from faust.sensors.monitor import Monitor
 from streams.kafka import consumer
 from streams.kafka.connection import Connectable, connect
 from streams.kafka.coordinator import quiet_coordinator_election
+from streams.kafka.repeats import quiet_repeated_errors
 from streams.ops.counts import FINAL_COUNTS, final_counts
 from streams.ops.http import serve
 
@@ -99,11 +101,14 @@ def faust_settings(*, partitions: int, store: str, data_dir: str, session_timeou
 def new_app(app_id: str, connection: Connectable, settings: dict[str, Any],
             fetch_wait_ms: int | None) -> faust.App:
     """A Faust app (consumer group ``app_id``) on ``connection`` (its addresses, TLS and SASL)
-    with the corrections of ``streams.kafka.consumer`` installed, and the election of a new
-    broker's group coordinator logged as what it is (``streams.kafka.coordinator``)."""
+    with the corrections of ``streams.kafka.consumer`` installed, the election of a new
+    broker's group coordinator logged as what it is (``streams.kafka.coordinator``), and
+    aiokafka's retries against an unreachable broker logged once per kind and window
+    (``streams.kafka.repeats``)."""
     app = faust.App(app_id, **connect(connection).faust_options(), **settings)
     consumer.install(app, fetch_wait_ms)
     quiet_coordinator_election()
+    quiet_repeated_errors()  # after the election filter: it sees that one at INFO
     return app
 
 
@@ -159,17 +164,29 @@ def faust_worker(app: faust.App, loglevel: str, stop_timeout_s: float,
 
 
 def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: str,
-                  web_port: int, web_host: str, loglevel: str, stop_timeout_s: float) -> int:
+                  web_port: int, web_host: str, loglevel: str, stop_timeout_s: float,
+                  temporary_dir: str | None = None) -> int:
     """Serve /metrics, /healthz, /readyz (when ``web_port``), print ``banner`` and run the Faust
     app in the foreground until SIGTERM/SIGINT; the exit code of the Faust worker (1 when its
     stop took over ``stop_timeout_s`` seconds and was cut short).
 
-    Shared by the detection worker and the notifier. ``metrics`` is any object with a
-    ``registry``. Must run in the main thread (Faust installs signal handlers).
+    ``banner`` starts with the command's name and a colon ("clsmon worker: broker ..."); once
+    ``ready`` is set, one line says so ("clsmon worker: ready"), for whoever watches the console
+    without /readyz. ``temporary_dir`` (Faust's data directory when none was given) is removed
+    at the end, also after a stop cut short. Shared by the detection worker and the notifier.
+    ``metrics`` is any object with a ``registry``. Must run in the main thread (Faust installs
+    signal handlers).
     """
     server = serve(metrics.registry, ready, web_port, web_host) if web_port else None
     print(banner + (f", metrics http://{web_host}:{web_port}/metrics" if server else ""),
           flush=True)
+    name = banner.split(":", 1)[0]
+
+    def announce_ready() -> None:
+        ready.wait()
+        print(f"{name}: ready", flush=True)
+
+    threading.Thread(target=announce_ready, name="announce-ready", daemon=True).start()
 
     def last_word() -> None:
         # the last word on what this process did: a scrape racing the shutdown can miss the
@@ -177,12 +194,21 @@ def serve_and_run(app: faust.App, metrics: Any, ready: threading.Event, banner: 
         print(FINAL_COUNTS + json.dumps(final_counts(metrics.registry), sort_keys=True),
               flush=True)
 
+    def tidy() -> None:
+        if temporary_dir:
+            shutil.rmtree(temporary_dir, ignore_errors=True)
+
+    def overdue() -> None:  # the process ends at once after this (os._exit): no finally
+        last_word()
+        tidy()
+
     try:
-        faust_worker(app, loglevel, stop_timeout_s, last_word).execute_from_commandline()
+        faust_worker(app, loglevel, stop_timeout_s, overdue).execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
         if server is not None:
             server.shutdown()
         last_word()
+        tidy()
     return 0

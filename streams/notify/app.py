@@ -7,7 +7,6 @@ escalations (``Notifier.dispatch``). Delivery outcomes go to ``notifications`` f
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -169,8 +168,6 @@ def run(cfg: NotifyConfig) -> int:
     try:
         return faust_app.serve_and_run(built.app, built.metrics, built.ready, banner,
                                        cfg.web_port, cfg.web_host, cfg.loglevel,
-                                       cfg.stop_timeout_s)
+                                       cfg.stop_timeout_s, built.temporary_dir)
     finally:
         built.notifier.deliverer.close()
-        if built.temporary_dir:
-            shutil.rmtree(built.temporary_dir, ignore_errors=True)

@@ -42,13 +42,15 @@ class Worker:
     metrics: Metrics
     ready: threading.Event
     data_dir: str
+    temporary_dir: str | None = None  # data_dir when it was made here: removed at exit
 
 
 def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     """The Faust app with its topics, table, agent and timers (not started)."""
     th = load_thresholds(cfg.thresholds)
     metrics = metrics or Metrics()
-    data_dir = cfg.data_dir or tempfile.mkdtemp(prefix="clsmon-worker-")
+    temporary = None if cfg.data_dir else tempfile.mkdtemp(prefix="clsmon-worker-")
+    data_dir = cfg.data_dir or temporary or ""
     os.makedirs(data_dir, exist_ok=True)
     app = faust_app.new_app(cfg.app_id, cfg.connection, faust_settings(cfg, data_dir),
                             cfg.fetch_wait_ms)
@@ -115,7 +117,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
 
     consumer.on_revoked(app, revoked)
 
-    return Worker(app, detector, metrics, ready, data_dir)
+    return Worker(app, detector, metrics, ready, data_dir, temporary)
 
 
 def run(cfg: WorkerConfig) -> int:
@@ -130,4 +132,4 @@ def run(cfg: WorkerConfig) -> int:
               f"{cfg.partitions} partitions, engine: {engine_label()}")
     return faust_app.serve_and_run(worker.app, worker.metrics, worker.ready, banner,
                                    cfg.web_port, cfg.web_host, cfg.loglevel,
-                                   cfg.stop_timeout_s)
+                                   cfg.stop_timeout_s, worker.temporary_dir)
