@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,14 @@ def test_board_and_notifier_on_kafka(browser: Any, kafka_bootstrap: str, tmp_pat
                    if line.startswith("clsmon_board_live_streams ")]
         assert streams and float(streams[0].split()[1]) >= 1  # the viewer's, reconnected
         assert 'clsmon_board_actions_total{action="forbidden"} 1.0' in scraped  # /audit
+        # not signed in, no browser (curl): 401, saying where to sign in
+        try:
+            urllib.request.urlopen(board.url + "/")
+            raise AssertionError("the board answered a request that was not signed in")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+            assert exc.read().decode().strip() == (
+                f"sign in first: open {board.url}/login in a browser")
     finally:
         if board.proc and board.proc.poll() is None:
             board.stop()

@@ -170,7 +170,10 @@ def create_app(state: BoardState, publisher: Publisher, users_file: str | Path, 
                 if user is None:
                     if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                         return RedirectResponse("/login", 303)
-                    return PlainTextResponse("sign in first", 401)
+                    # a person with curl, or a script: say where a browser signs in
+                    return PlainTextResponse(
+                        f"sign in first: open {request.url_for('login_form')} in a browser\n",
+                        401)
                 if not role_ok(user):
                     metrics.actions.labels("forbidden").inc()
                     audit({"event": "forbidden", "user": user.name, "role": user.role,
