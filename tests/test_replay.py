@@ -295,3 +295,48 @@ def test_a_file_read_in_many_chunks_gives_the_alerts_and_rejects_of_the_whole_fi
     assert rejects(parts) == rejects(whole)
     assert (parts.observations, parts.accepted, parts.patients) == (
         whole.observations, whole.accepted, whole.patients)
+
+
+def test_refused_rows_stream_to_their_file_in_file_order_and_are_never_all_kept(
+        tmp_path, small_cohort):
+    """A file whose rows are mostly refused (a wrong column from a gateway) must not hold
+    them all in memory: with a sink, ``rejects`` stays empty, the sink gets every refused row
+    in file order (the same rows as the in-memory path), ``rejected`` counts them, and
+    ``clsmon replay --rejects`` writes them as it goes (the same file as ``write_rejects`` of
+    the kept rows)."""
+    rows = [dict(o, value="furlongs") if i % 3 else o
+            for i, o in enumerate(o for p in small_cohort for o in p.observations)]
+    rows.append({"patient_id": None, "observed_at": "2026-09-22T00:00:00Z", "kind": "sbp",
+                 "value": 120, "unit": "mmHg"})  # refused for another reason
+    path = tmp_path / "obs.csv"
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path, index=False)
+    kept = rp.replay_chunks(rp.iter_observations(path, chunk_rows=500, block_bytes=16 << 10))
+    sunk: list[dict] = []
+    streamed = rp.replay_chunks(rp.iter_observations(path, chunk_rows=500,
+                                                     block_bytes=16 << 10), on_reject=sunk.append)
+    assert len(kept.rejects) > 0.6 * len(rows)
+    assert streamed.rejects == [] and sunk == kept.rejects
+    assert streamed.rejected == kept.rejected and streamed.rejected.total() == len(sunk)
+    assert streamed.rejects_by_reason() == {"bad_value": len(sunk) - 1, "missing_field": 1}
+    # the command: written as found, byte for byte what the kept rows give
+    for suffix in (".jsonl", ".csv"):
+        out, expected = tmp_path / f"rejects{suffix}", tmp_path / f"expected{suffix}"
+        assert main(["replay", str(path), "--rejects", str(out), "--quiet"]) == 0
+        rp.write_rejects(kept.rejects, expected)
+        assert out.read_bytes() == expected.read_bytes()
+
+
+def test_raw_rows_read_back_in_bulk_equal_those_read_one_at_a_time() -> None:
+    """``_row_dicts`` (the bulk gate's refusals) and ``_row_dict`` (one row) give the same
+    values and types: text from Arrow, numbers and missing values from other arrays."""
+    import numpy as np
+
+    frame = pd.DataFrame({"text": pd.array(["a", None, "c"], dtype="string[pyarrow]"),
+                          "number": [1.5, float("nan"), 3.0],
+                          "count": pd.array([1, None, 3], dtype="Int64")})
+    columns = rp._raw_columns(frame)
+    one = [rp._row_dict(columns, i) for i in range(3)]
+    bulk = rp._row_dicts(columns, np.arange(3))
+    assert [{k: (type(v), str(v)) for k, v in r.items()} for r in bulk] == [
+        {k: (type(v), str(v)) for k, v in r.items()} for r in one]
+    assert one[1]["text"] is None and one[1]["count"] is None and one[0]["text"] == "a"

@@ -235,7 +235,7 @@ def evaluate(observations: pd.DataFrame, truth: pd.DataFrame | None,
         "alerts_per_patient_day": n_alerts / ev.patient_days if ev.patient_days else None,
         "non_cls_alerts_per_patient_day": (non_cls_alerts / non_cls_days
                                            if non_cls_days else None),
-        "observations": result.observations, "rejected": len(result.rejects),
+        "observations": result.observations, "rejected": result.rejected.total(),
         "interventions": result.interventions,
         "review": review_summary(ev.review) if review is not None else None,
         "replay_seconds": round(result.seconds, 2),
