@@ -690,8 +690,16 @@ def _add_interface_parsers(sub: Any) -> None:
                     "replay's long format), JSON lines (contract records or FHIR resources), a "
                     "FHIR resource or Bundle, or HL7 v2 messages (MLLP-framed or plain). What "
                     "would be refused is printed with its reason and not sent. Exit code 1 "
-                    "when anything was refused.")
+                    "when anything was refused. With --patients and --interventions (the "
+                    "replay's files) their records are sent among the observations in the "
+                    "order the replay applies them, so the worker gives the replay's alerts.")
     p.add_argument("file", metavar="FILE")
+    p.add_argument("--patients", metavar="FILE",
+                   help="patient context (the replay's --patients file: admissions and "
+                        "discharges) to the patients topic, each at its time")
+    p.add_argument("--interventions", metavar="FILE",
+                   help="interventions (the replay's --interventions file) to the "
+                        "interventions topic, each at its time")
     add_kafka_options(p)
     p.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl", "fhir", "hl7"),
                    default="auto", help="the file's format (default: told from its content)")
@@ -748,7 +756,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     hl7, fhir = _interface_settings(args)
     return run_publish(args.file, bootstrap=None if args.dry_run else kafka_connection(args),
                        names=TopicNames(args.topic_prefix), fmt=args.format, hl7=hl7,
-                       fhir=fhir, dry_run=args.dry_run, partitions=args.partitions)
+                       fhir=fhir, dry_run=args.dry_run, partitions=args.partitions,
+                       patients=args.patients, interventions=args.interventions)
 
 
 #: the errors a user can fix, by module: a module that was never imported cannot have raised

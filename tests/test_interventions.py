@@ -4,6 +4,7 @@ merged into the replay's arrival order; patient context applied at its time."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ from detectors.interventions import (
     parse_intervention,
     record,
 )
-from detectors.observation import Rejection, format_time
+from detectors.observation import Rejection, format_time, parse_time_ms
 from detectors.phases import step
 from detectors.state import PatientState
 from streams.cli import main
@@ -237,3 +238,75 @@ def test_a_value_available_before_it_was_measured_is_refused() -> None:
     assert [r["reason"] for r in result.rejects] == ["inconsistent"]
     assert result.accepted == len(frame) - 1
     assert result.canonical is not None and len(result.canonical) == len(frame) - 1
+
+
+def _two_stays_and_a_transfusion(tmp_path):
+    """p1: two admissions 30 days apart, each with a shock and a Hct rise; red cells in each
+    stay, enough in the first to explain its rise (the files of
+    ``test_a_later_admission_is_a_new_stay``, through ``_files``)."""
+    rows = _iso(_leak(0) + _leak(30 * 24))
+    stays = [{"patient_id": "p1", "sex": "F", "weight_kg": 70,
+              "admit": format_time(T0 - HOUR), "discharge": format_time(T0 + 20 * HOUR)},
+             {"patient_id": "p1", "sex": "F", "weight_kg": 80,
+              "admit": format_time(T0 + 30 * 24 * HOUR - HOUR),
+              "discharge": format_time(T0 + 31 * 24 * HOUR)}]
+    # the first stay's Hct rise (40 -> 58 %) is explained by 7 units of red cells given before
+    # it: no leak alert there
+    given = [iv(started_at=format_time(T0 + 4 * HOUR), ended_at=format_time(T0 + 7 * HOUR),
+                amount=7 * 300),
+             iv(started_at=format_time(T0 + (30 * 24 + 2) * HOUR), ended_at="")]
+    return _files(tmp_path, rows, stays, given)
+
+
+def test_publish_sends_the_side_files_records_where_the_replay_applies_them(tmp_path) -> None:
+    """``clsmon publish --patients --interventions``: each stay's admit goes before its first
+    reading, its discharge after the last reading up to its time (a reading at the discharge
+    time included) and before the next; an intervention before the first reading at or after
+    its time; so the worker folds them in where the replay does."""
+    from streams.interfaces.codes import load_tables
+    from streams.interfaces.fhir.inbound import FhirSettings
+    from streams.interfaces.hl7.inbound import Hl7Settings
+    from streams.interfaces.publish import read_items, with_side_events
+
+    obs, _, patients, _, interventions = _two_stays_and_a_transfusion(tmp_path)
+    tables = load_tables(None, None)
+    items = list(with_side_events(read_items(Path(obs), "csv", Hl7Settings(tables),
+                                             FhirSettings(tables)), patients, interventions))
+    assert all(i.record is not None for i in items)
+    sent = [(i.record[0], i.record[2]) for i in items if i.record is not None]
+
+    def at(doc):
+        return parse_time_ms(doc.get("observed_at") or doc.get("started_at"))
+
+    side = [(n, role, doc) for n, (role, doc) in enumerate(sent)
+            if role in ("patients", "interventions")]
+    assert [(role, doc.get("event")) for _, role, doc in side] == [
+        ("patients", "admit"), ("interventions", None), ("patients", "discharge"),
+        ("patients", "admit"), ("interventions", None), ("patients", "discharge")]
+    readings, clock = [], 0  # (position, the arrival clock: the latest reading time so far)
+    for n, (role, doc) in enumerate(sent):
+        if role in ("vitals", "labs"):
+            clock = max(clock, at(doc))
+            readings.append((n, clock))
+    for n, role, doc in side:
+        if role == "interventions":
+            assert all(t < at(doc) for m, t in readings if m < n)
+            assert all(t >= at(doc) for m, t in readings if m > n)
+    # the discharges split the readings exactly at their times
+    first_discharge, second_admit = side[2][0], side[3][0]
+    assert max(t for m, t in readings if m < first_discharge) <= T0 + 20 * HOUR
+    assert min(t for m, t in readings if m > first_discharge) > T0 + 20 * HOUR
+    assert not [m for m, _ in readings if first_discharge < m < second_admit]
+    # the dry run says what would go where
+    out = tmp_path / "dry.txt"
+    with out.open("w") as f:
+        from streams.interfaces.publish import run_publish
+        from streams.kafka.topics import TopicNames
+
+        assert run_publish(obs, bootstrap=None, names=TopicNames("c."), fmt="auto",
+                           hl7=Hl7Settings(tables), fhir=FhirSettings(tables), dry_run=True,
+                           out=f, patients=patients, interventions=interventions) == 0
+    kinds = pd.read_csv(obs)["kind"]
+    labs = int(kinds.isin(["hematocrit", "hemoglobin"]).sum())
+    assert (f"would send {len(kinds) + 6} records (c.interventions 2, c.labs {labs}, "
+            f"c.patients 4, c.vitals {len(kinds) - labs})") in out.read_text()

@@ -65,3 +65,41 @@ def test_the_worker_reads_interventions_and_dead_letters_bad_ones(kafka_bootstra
         assert worker.proc.poll() is None
     finally:
         assert worker.stop() == 0, worker.output()
+
+
+@pytest.mark.broker
+def test_publish_with_the_replays_side_files_gives_the_replays_alerts(kafka_bootstrap: str,
+                                                                      tmp_path: Path) -> None:
+    """``clsmon publish OBS --patients P --interventions I`` into a running worker: the same
+    alert ids (and times) as ``clsmon replay`` of the same three files. The stays matter: the
+    replay without them raises other ids, so a publish that dropped or misplaced them fails."""
+    from test_interventions import _two_stays_and_a_transfusion
+
+    from streams.cli import main
+
+    files = _two_stays_and_a_transfusion(tmp_path)
+    replayed, without = tmp_path / "replay.jsonl", tmp_path / "without.jsonl"
+    assert main(["replay", *files, "--out", str(replayed), "--quiet"]) == 0
+    assert main(["replay", files[0], "--out", str(without), "--quiet"]) == 0
+
+    def ids(path: Path) -> list[tuple[str, str]]:
+        return sorted((d["alert_id"], d["raised_at"])
+                      for d in map(json.loads, path.read_text().splitlines()))
+
+    expected = ids(replayed)
+    assert expected and expected != ids(without)
+    names = TopicNames(fresh_prefix())
+    ensure_topics(kafka_bootstrap, names, partitions=3)
+    worker = WorkerProcess(kafka_bootstrap, names.prefix, tmp_path)
+    try:
+        worker.wait_ready()
+        assert main(["publish", *files, "--broker", kafka_bootstrap,
+                     "--topic-prefix", names.prefix]) == 0
+        worker.wait_for("clsmon_observations_total", 2, kind="intervention", outcome="accepted")
+        records = read_topic(kafka_bootstrap, names.alerts,
+                             lambda rs: len(rs) >= len(expected), timeout=60)
+        got = sorted({(d["alert_id"], d["raised_at"]) for d in map(
+            lambda r: json.loads(r.value), records)})
+        assert got == expected, worker.output()
+    finally:
+        assert worker.stop() == 0, worker.output()

@@ -11,6 +11,12 @@ goes through the same mapping as the listener and the worker (``hl7.inbound``, `
 patient and stamped with per-patient increasing timestamps (the worker's arrival order).
 Exit code: 0 when everything was accepted, 1 when something was refused, 2 for a file that
 cannot be read at all.
+
+``--patients`` and ``--interventions`` take the replay's side files (``clsmon import mimic3``
+writes them): their records are sent among the observations where the replay applies them
+(``streams.offline.sources``, "Arrival order"), so the worker, which restores each patient's
+arrival order from the timestamps, folds them in at the same places and raises the replay's
+alerts (admissions months apart are separate stays in both).
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from detectors.observation import Rejection, normalise, parse_context
+from detectors.observation import (
+    PatientContext,
+    Rejection,
+    normalise,
+    parse_context,
+    parse_time_ms,
+)
 from streams.interfaces.codes import InterfaceError
 from streams.interfaces.fhir.inbound import FhirSettings, is_fhir, read_fhir
 from streams.interfaces.hl7.inbound import Hl7Settings, read_message
@@ -143,6 +155,47 @@ def read_items(path: Path, fmt: str, hl7: Hl7Settings, fhir: FhirSettings) -> It
             offset += len(chunk)
 
 
+def with_side_events(items: Iterable[Item], patients: str | None,
+                     interventions: str | None) -> Iterator[Item]:
+    """``items`` with the records of the side files among them, in the replay's order: a
+    side event goes out just before the first observation whose running arrival clock
+    (``available_at``, else ``observed_at``) reaches its time (a discharge: passes it), one
+    without a time first, the rest at the end; rows the side files refuse come first, as
+    refusals. Raises ``ReplayError`` for a side file that cannot be read."""
+    from streams.offline.sources import AFTER, read_contexts, read_interventions, side_input
+
+    side = side_input(read_contexts(patients) if patients else None,
+                      read_interventions(interventions) if interventions else None)
+    for r in side.rejects:
+        yield Item(f"{r['file']} row {r['row']}", refused=r["detail"], reason=r["reason"])
+    events, k = side.events, 0
+
+    def due(clock: int | None) -> Iterator[Item]:  # clock None: the end, everything is due
+        nonlocal k
+        while k < len(events):
+            e = events[k]
+            if e.at_ms is not None and clock is not None and (
+                    e.at_ms > clock or (e.rank == AFTER and e.at_ms == clock)):
+                return
+            k += 1
+            role = "patients" if isinstance(e.value, PatientContext) else "interventions"
+            yield Item(f"{role} record {e.seq + 1}", (role, e.value.patient_id, e.doc))
+
+    clock: int | None = None
+    yield from due(-(2**63))  # the events without a time: before everything
+    for item in items:
+        if item.record is not None and item.record[0] in ("vitals", "labs"):
+            doc = item.record[2]
+            arrival = parse_time_ms(doc.get("available_at"))
+            if arrival is None:
+                arrival = parse_time_ms(doc.get("observed_at"))
+            if arrival is not None and (clock is None or arrival > clock):
+                clock = arrival
+                yield from due(clock)
+        yield item
+    yield from due(None)
+
+
 def _fhir_items(doc: Any, where: str, fhir: FhirSettings) -> Iterator[Item]:
     reading = read_fhir(doc, fhir)
     for role, pid, record in reading.records:
@@ -170,7 +223,8 @@ class _Progress:
 
 def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, fmt: str,
                 hl7: Hl7Settings, fhir: FhirSettings, dry_run: bool, partitions: int = 3,
-                out: TextIO | None = None) -> int:
+                out: TextIO | None = None, patients: str | None = None,
+                interventions: str | None = None) -> int:
     """``clsmon publish``: returns the exit code (see the module docstring)."""
     out = out or sys.stdout
     p = Path(path)
@@ -190,7 +244,10 @@ def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, 
     progress = _Progress(sys.stderr)
     n = 0
     try:
-        for item in read_items(p, fmt, hl7, fhir):
+        items: Iterable[Item] = read_items(p, fmt, hl7, fhir)
+        if patients or interventions:
+            items = with_side_events(items, patients, interventions)
+        for item in items:
             if item.record is None:
                 summary.refused.append(item)
                 print(f"refused {item.where}: {item.reason}: {item.refused}", file=out)

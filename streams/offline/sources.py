@@ -387,6 +387,9 @@ class SideEvent:
     rank: int  # BEFORE a row of the same time (admit, update, intervention) or AFTER it
     seq: int  # file order among events of the same time
     value: PatientContext | Intervention
+    #: the record a stream receives for it (``clsmon publish --patients``): the file's row
+    #: without its empty cells; a stay's row becomes its admit and its discharge record
+    doc: dict[str, Any]
 
     def key(self) -> tuple[int, int, int]:
         return (_FIRST if self.at_ms is None else self.at_ms, self.rank, self.seq)
@@ -469,9 +472,12 @@ def context_events(rows: list[dict[str, Any]], side: SideInput, seq: int = 0) ->
                 break
             parsed.append((event, at))
         else:
+            kept = {k: v for k, v in row.items()
+                    if v is not None and k not in ("admit", "discharge")}
             for event, at in parsed:
                 rank = AFTER if event == "discharge" else BEFORE
-                side.events.append(SideEvent(at, rank, seq, ctx._replace(event=event)))
+                side.events.append(SideEvent(at, rank, seq, ctx._replace(event=event),
+                                             {**kept, "event": event}))
                 seq += 1
     return seq
 
@@ -485,7 +491,8 @@ def intervention_events(rows: list[dict[str, Any]], side: SideInput, seq: int = 
                                  "detail": iv.detail, "input": raw})
             continue
         at = iv.available_at_ms if iv.available_at_ms is not None else iv.started_at_ms
-        side.events.append(SideEvent(at, BEFORE, seq, iv))
+        doc = {k: v for k, v in _clean(raw).items() if v is not None}
+        side.events.append(SideEvent(at, BEFORE, seq, iv, doc))
         seq += 1
     return seq
 
