@@ -173,15 +173,19 @@ def test_an_intervention_lands_in_the_state_at_its_arrival_time() -> None:
     assert result.states["p1"].iv["rc"][0][0] == T0 + 2 * HOUR
 
 
+def _two_stays() -> list[dict[str, object]]:
+    """p1's context rows: admitted for 21 h, then again 30 days later for a day."""
+    return [{"patient_id": "p1", "sex": "F", "weight_kg": 70,
+             "admit": format_time(T0 - HOUR), "discharge": format_time(T0 + 20 * HOUR)},
+            {"patient_id": "p1", "sex": "F", "weight_kg": 80,
+             "admit": format_time(T0 + 30 * 24 * HOUR - HOUR),
+             "discharge": format_time(T0 + 31 * 24 * HOUR)}]
+
+
 def test_a_later_admission_is_a_new_stay(tmp_path) -> None:
     """Two admissions 30 days apart, each with a leak: with admit/discharge times the second
     is episode 1 of a new stay; without, the first stay's state carries over."""
-    rows = _iso(_leak(0) + _leak(30 * 24))
-    stays = [{"patient_id": "p1", "sex": "F", "weight_kg": 70,
-              "admit": format_time(T0 - HOUR), "discharge": format_time(T0 + 20 * HOUR)},
-             {"patient_id": "p1", "sex": "F", "weight_kg": 80,
-              "admit": format_time(T0 + 30 * 24 * HOUR - HOUR),
-              "discharge": format_time(T0 + 31 * 24 * HOUR)}]
+    rows, stays = _iso(_leak(0) + _leak(30 * 24)), _two_stays()
     frame = pd.DataFrame(rows).astype("string")
     with_stays = rp.replay_frame(frame, stays)
     leaks = [a for a in with_stays.alerts if a.phase == "leak"]
@@ -244,12 +248,7 @@ def _two_stays_and_a_transfusion(tmp_path):
     """p1: two admissions 30 days apart, each with a shock and a Hct rise; red cells in each
     stay, enough in the first to explain its rise (the files of
     ``test_a_later_admission_is_a_new_stay``, through ``_files``)."""
-    rows = _iso(_leak(0) + _leak(30 * 24))
-    stays = [{"patient_id": "p1", "sex": "F", "weight_kg": 70,
-              "admit": format_time(T0 - HOUR), "discharge": format_time(T0 + 20 * HOUR)},
-             {"patient_id": "p1", "sex": "F", "weight_kg": 80,
-              "admit": format_time(T0 + 30 * 24 * HOUR - HOUR),
-              "discharge": format_time(T0 + 31 * 24 * HOUR)}]
+    rows, stays = _iso(_leak(0) + _leak(30 * 24)), _two_stays()
     # the first stay's Hct rise (40 -> 58 %) is explained by 7 units of red cells given before
     # it: no leak alert there
     given = [iv(started_at=format_time(T0 + 4 * HOUR), ended_at=format_time(T0 + 7 * HOUR),
