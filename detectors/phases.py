@@ -484,7 +484,8 @@ def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence
                         f"{th.prodrome_urine_hours:g} h", t, admission,
                         f"urine {flow:.0f} mL/h over {th.prodrome_urine_hours:g} h (< "
                         f"{th.prodrome_urine_fall_ratio:.0%} of the admission flow "
-                        f"{admission:.0f} mL/h)")
+                        f"{admission:.0f} mL/h)",
+                        urine.window_known_at(st.uo, t, th.prodrome_urine_hours))
 
     return sign
 

@@ -37,6 +37,18 @@ def rate_ml_per_kg_h(collections: list[list[float]], end: int, hours: float, wei
     return ml / weight_kg / (covered / HOUR_MS)
 
 
+def window_known_at(collections: list[list[float]], end: int, hours: float) -> int:
+    """When every collection that ``rate_ml_per_kg_h`` pro-rates into (end - hours, end] was
+    known (reported: its end plus its reporting delay), and never before ``end``: a flow is
+    evidence only once the urine it is computed from was charted."""
+    start = end - hours * HOUR_MS
+    known = end
+    for row in collections:
+        if min(row[1], end) > max(row[0], start) and row[1] > row[0]:
+            known = max(known, known_at(row, 1))
+    return known
+
+
 def first_flow(collections: list[list[float]], since: int, hours: float, weight_kg: float,
                beyond: Callable[[float], bool], min_coverage: float = MIN_COVERAGE
                ) -> tuple[int, float, int] | None:
