@@ -195,7 +195,17 @@ def on_urine(st: PatientState, obs: Observation, known: int, th: Thresholds) -> 
     add_baseline(st, "urine_ml_h", end, obs.value / ((end - start) / HOUR_MS),
                  int(th.baseline_labs_h * HOUR_MS))
     st.uo_end = max(st.uo_end, end)
-    return st.phase in ("leak", "recovery"), "accepted"
+    return (st.phase in ("leak", "recovery")
+            or (st.phase == "none" and _may_confirm_a_weighing(st, start, end, th))), "accepted"
+
+
+def _may_confirm_a_weighing(st: PatientState, start: int, end: int, th: Thresholds) -> bool:
+    """Does the collection (start, end] reach into the window before a weighing in which
+    falling urine confirms a heavy weighing as a prodrome (``phases._urine_falling``)? Then a
+    decision is due now: charted after the weighing, the urine would otherwise wait for the
+    next weighing or lab, and the alert would depend on arrival order."""
+    reach = th.prodrome_urine_hours * HOUR_MS
+    return any(start < w[0] and end > w[0] - reach for w in st.wt)
 
 
 def withdraw(st: PatientState, kind: str, t: int, value: float | None, th: Thresholds) -> bool:
