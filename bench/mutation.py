@@ -8,10 +8,15 @@ a rule change the tests would let through. This script runs it, then prints and 
 (killed / all mutants that ran) to ``bench/results/mutation.json`` with the survivors' names.
 
     python bench/mutation.py [NAME_GLOB ...]   # e.g. "detectors.confounders*": a part only
+    python bench/mutation.py --max-children 1 --out bench/results/mutation-part.json GLOB ...
+
+``--max-children`` (default 2) is how many mutants run at once: 1 on a machine shared with
+benchmarks; ``--out`` keeps a partial run from overwriting the whole-scope figures.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -25,14 +30,23 @@ MUTMUT = Path(sys.executable).parent / "mutmut"
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="mutation score of detectors/ (mutmut)")
+    parser.add_argument("globs", nargs="*", metavar="NAME_GLOB",
+                        help='mutant names to run, e.g. "detectors.confounders*" (default: all)')
+    parser.add_argument("--max-children", type=int, default=2,
+                        help="mutants run at once (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation.json",
+                        help="where the score is written (default bench/results/mutation.json)")
+    args = parser.parse_args()
     started = time.monotonic()
-    run = subprocess.run([str(MUTMUT), "run", "--max-children", "2", *sys.argv[1:]], cwd=ROOT)
+    run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children),
+                          *args.globs], cwd=ROOT)
     if run.returncode not in (0, 1):
         print(f"mutmut run failed (exit {run.returncode})", file=sys.stderr)
         return 2
     listing = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=ROOT,
                              capture_output=True, text=True)
-    wanted = sys.argv[1:]
+    wanted = args.globs
     status: Counter[str] = Counter()
     survivors = []
     for line in listing.stdout.splitlines():
@@ -48,7 +62,7 @@ def main() -> int:
     result = {"score": round(score, 4), "killed": killed, "ran": ran, "by_outcome": dict(status),
               "scope": wanted or ["all of [tool.mutmut] only_mutate"],
               "minutes": round((time.monotonic() - started) / 60, 1), "survivors": survivors}
-    out = ROOT / "bench" / "results" / "mutation.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"mutation score {score:.1%} ({killed} of {ran} mutants killed; "
