@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from detectors.alerts import Alert
 from detectors.config import DEFAULT_THRESHOLDS, Thresholds
+from detectors.interventions import parse_intervention
 from detectors.observation import Rejection, normalise, parse_context
 from detectors.phases import apply_context, flush, step
 from detectors.state import PatientState
@@ -35,6 +37,16 @@ def vitals(start_h: float, end_h: float, sbp: float, map_: float, every_min: flo
     return out
 
 
+def lab_panel(t_ms: int, hct: float, hb: float | None = None, albumin: float | None = None,
+              **extra: Any) -> list[dict[str, Any]]:
+    """One draw: the Hct, its Hb (Hct / 3 unless given) and optionally an albumin."""
+    rows = [obs("hematocrit", hct, t_ms, "%", **extra)]
+    rows.append(obs("hemoglobin", hb if hb is not None else hct / 3.0, t_ms, "g/dL", **extra))
+    if albumin is not None:
+        rows.append(obs("albumin", albumin, t_ms, "g/dL", **extra))
+    return rows
+
+
 def by_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda d: d["observed_at"])
 
@@ -58,6 +70,31 @@ def run(rows: list[dict[str, Any]], context: dict[str, Any] | None = None,
     if state is not None:
         alerts.extend(flush(state, th))
     return alerts, state
+
+
+def feed(rows: list[dict[str, Any]], interventions: Iterable[dict[str, Any]] = (),
+         context: dict[str, Any] | None = None, th: Thresholds = DEFAULT_THRESHOLDS,
+         ordered: bool = False) -> tuple[list[Alert], PatientState | None, list[Rejection]]:
+    """Rows and interventions merged by time (``ordered``: rows in the given arrival order),
+    through normalise/parse + step; the alerts, the final state and the readings refused."""
+    items = [(i if ordered else r["observed_at"], 0, r) for i, r in enumerate(rows)]
+    items += [(iv["started_at"], 1, iv) for iv in interventions]
+    if not ordered:
+        items.sort(key=lambda x: (x[0], x[1]))
+    st = apply_context(None, parse_context(context)) if context else None
+    alerts: list[Alert] = []
+    rejected: list[Rejection] = []
+    for _, is_iv, raw in items:
+        value = parse_intervention(raw) if is_iv else normalise(raw)
+        assert not isinstance(value, Rejection), value
+        r = step(st, value, th)
+        st = r.state
+        alerts.extend(r.alerts)
+        if r.rejection is not None:
+            rejected.append(r.rejection)
+    if st is not None:
+        alerts.extend(flush(st, th))
+    return alerts, st, rejected
 
 
 def phases(alerts: list[Alert]) -> list[str]:

@@ -10,45 +10,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from builders import HOUR, MIN, T0, by_time, obs, phases, vitals
+from builders import HOUR, MIN, T0, by_time, feed, lab_panel, obs, phases, vitals
 
 from detectors.config import DEFAULT_THRESHOLDS as TH
-from detectors.interventions import parse_intervention
 from detectors.observation import Rejection, format_time, normalise
 from detectors.phases import step
-
-
-def lab_panel(t_ms, hct, hb=None, albumin=None, **extra):
-    rows = [obs("hematocrit", hct, t_ms, "%", **extra)]
-    rows.append(obs("hemoglobin", hb if hb is not None else hct / 3.0, t_ms, "g/dL", **extra))
-    if albumin is not None:
-        rows.append(obs("albumin", albumin, t_ms, "g/dL", **extra))
-    return rows
-
-
-def feed(rows, interventions=(), context=None, th=TH, ordered=False):
-    """Rows and interventions merged by time (``ordered``: rows in the given arrival order),
-    through normalise/parse + step."""
-    from detectors.observation import parse_context
-    from detectors.phases import apply_context, flush
-
-    items = [(i if ordered else r["observed_at"], 0, r) for i, r in enumerate(rows)]
-    items += [(iv["started_at"], 1, iv) for iv in interventions]
-    if not ordered:
-        items.sort(key=lambda x: (x[0], x[1]))
-    st = apply_context(None, parse_context(context)) if context else None
-    alerts, rejected = [], []
-    for _, is_iv, raw in items:
-        value = parse_intervention(raw) if is_iv else normalise(raw)
-        assert not isinstance(value, Rejection), value
-        r = step(st, value, th)
-        st = r.state
-        alerts.extend(r.alerts)
-        if r.rejection is not None:
-            rejected.append(r.rejection)
-    if st is not None:
-        alerts.extend(flush(st, th))
-    return alerts, st, rejected
 
 
 def shock_with_hct(hct_rows, bp_from_h=20, bp_to_h=30, sbp=80, map_=58, every=5, th=TH,
