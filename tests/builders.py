@@ -16,6 +16,9 @@ T0 = 1_790_000_000_000  # 2026-09-21T15:13:20Z
 MIN = 60_000
 HOUR = 3_600_000
 
+#: what ``feed`` returns: the alerts, the final state and the readings refused
+Fed = tuple[list[Alert], PatientState | None, list[Rejection]]
+
 
 def obs(kind: str, value: float, t_ms: int, unit: str | None = None, pid: str = "p1",
         **extra: Any) -> dict[str, Any]:
@@ -74,7 +77,7 @@ def run(rows: list[dict[str, Any]], context: dict[str, Any] | None = None,
 
 def feed(rows: list[dict[str, Any]], interventions: Iterable[dict[str, Any]] = (),
          context: dict[str, Any] | None = None, th: Thresholds = DEFAULT_THRESHOLDS,
-         ordered: bool = False) -> tuple[list[Alert], PatientState | None, list[Rejection]]:
+         ordered: bool = False) -> Fed:
     """Rows and interventions merged by time (``ordered``: rows in the given arrival order),
     through normalise/parse + step; the alerts, the final state and the readings refused."""
     items = [(i if ordered else r["observed_at"], 0, r) for i, r in enumerate(rows)]
@@ -95,6 +98,35 @@ def feed(rows: list[dict[str, Any]], interventions: Iterable[dict[str, Any]] = (
     if st is not None:
         alerts.extend(flush(st, th))
     return alerts, st, rejected
+
+
+
+def leak_with_signs(wbc: float = 13.0, wbc_h: float = 19, urine_ml_h: float = 20,
+                    **urine_extra: Any) -> Fed:
+    """Leak at 21 h (shock 20-30 h, Hct 55 %), a WBC drawn at ``wbc_h``, hourly urine from 21 h
+    (70 kg: 20 mL/h = 0.29 mL/kg/h; ``urine_extra``: extra fields of each collection)."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
+        lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
+    rows.append(obs("leukocytes", wbc, T0 + int(wbc_h * HOUR), "10*9/L"))
+    rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60, **urine_extra)
+             for h in range(22, 31)]
+    return feed(by_time(rows))
+
+
+def recovery_course(end_h: float = 60.0, recovery_hct: float = 50.0,
+                    urine_ml_h: float | None = None, extra: Iterable[dict[str, Any]] = (),
+                    context: dict[str, Any] | None = None, sbp: float = 115) -> Fed:
+    """Shock 20-30 h with Hct 56 at 21 h (leak), ``sbp`` charted every 15 min from 30 h until
+    ``end_h`` (the last reading exactly at ``end_h``), the Hct at 33 h; hourly urine of
+    ``urine_ml_h`` mL from 30 h to ``end_h`` (70 kg: 150 mL/h = 2.14 mL/kg/h)."""
+    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, end_h + 0.01, sbp, 80, 15)
+    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0)
+    rows += lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
+    rows += lab_panel(T0 + 33 * HOUR, recovery_hct, albumin=3.9)
+    if urine_ml_h is not None:
+        rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
+                 for h in range(31, int(end_h) + 1)]
+    return feed(by_time(rows + list(extra)), context=context)
 
 
 def phases(alerts: list[Alert]) -> list[str]:

@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from builders import HOUR, MIN, T0, by_time, feed, lab_panel, obs, phases, vitals
+from builders import (
+    HOUR,
+    MIN,
+    T0,
+    by_time,
+    feed,
+    lab_panel,
+    leak_with_signs,
+    obs,
+    phases,
+    recovery_course,
+    vitals,
+)
 
 from detectors.config import DEFAULT_THRESHOLDS as TH
 from detectors.observation import Rejection, format_time, normalise
@@ -354,25 +366,10 @@ def test_recovery_may_be_called_once_the_pressor_is_weaning():
     assert "recovery/warning" in phases(alerts)
 
 
-def _recovery_course(end_h=60.0, recovery_hct=50.0, urine_ml_h=None, extra=(), context=None,
-                     sbp=115):
-    """Shock 20-30 h with Hct 56 at 21 h (leak), ``sbp`` charted every 15 min from 30 h until
-    ``end_h`` (the last reading exactly at ``end_h``), the Hct at 33 h; hourly urine of
-    ``urine_ml_h`` mL from 30 h to ``end_h`` (70 kg: 150 mL/h = 2.14 mL/kg/h)."""
-    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + vitals(30, end_h + 0.01, sbp, 80, 15)
-    rows += lab_panel(T0 + 4 * HOUR, 40, albumin=4.0)
-    rows += lab_panel(T0 + 21 * HOUR, 56, albumin=3.9)
-    rows += lab_panel(T0 + 33 * HOUR, recovery_hct, albumin=3.9)
-    if urine_ml_h is not None:
-        rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
-                 for h in range(31, int(end_h) + 1)]
-    return feed(by_time(rows + list(extra)), context=context)
-
-
 @pytest.mark.parametrize(("sbp", "recovery"), [(100, False), (101, True)])
 def test_a_recovered_pressure_is_an_sbp_over_100_not_100(sbp, recovery):
     assert TH.recovery_sbp_mmhg == 100.0
-    alerts, _, _ = _recovery_course(sbp=sbp)
+    alerts, _, _ = recovery_course(sbp=sbp)
     assert ("recovery/warning" in phases(alerts)) is recovery
 
 
@@ -405,14 +402,14 @@ def test_after_the_pressor_a_new_pressure_over_100_is_recovery_once_held_60_min(
 def test_recovery_needs_the_hct_three_points_below_the_episode_peak():
     # peak 56 %: 53 % is the 3-point fall of hct_fall_points, 54 % only 2 points
     assert TH.hct_fall_points == 3.0
-    alerts, _, _ = _recovery_course(recovery_hct=53)
+    alerts, _, _ = recovery_course(recovery_hct=53)
     assert phases(alerts) == ["leak/high", "recovery/warning"]
-    alerts, _, _ = _recovery_course(recovery_hct=54)
+    alerts, _, _ = recovery_course(recovery_hct=54)
     assert "recovery/warning" not in phases(alerts)
 
 
 def test_the_recovery_alert_shows_the_pressure_held_over_100_and_the_hct_fall_from_the_peak():
-    alerts, _, _ = _recovery_course(recovery_hct=53)
+    alerts, _, _ = recovery_course(recovery_hct=53)
     recovery = alerts[-1]
     # SBP > 100 from 30 h is held 60 min at 31 h; the Hct fall drawn at 33 h decides
     assert recovery.onset_at_ms == T0 + 33 * HOUR
@@ -468,7 +465,7 @@ def test_a_recovery_is_not_raised_before_its_falling_hct_was_reported():
 
 def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_evidence():
     # 70 kg (the default weight): 150 mL/h = 2.14 mL/kg/h is polyuria, 140 mL/h = 2.0 is not
-    alerts, _, _ = _recovery_course(urine_ml_h=150)
+    alerts, _, _ = recovery_course(urine_ml_h=150)
     recovery = alerts[1]
     assert recovery.phase == "recovery"
     polyuria = recovery.evidence[-1]
@@ -477,7 +474,7 @@ def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_ev
     assert polyuria.threshold == "> 2.1 mL/kg/h over 3 h"
     assert polyuria.text == "urine 2.14 mL/kg/h over 3 h (> 2.1)"
     assert polyuria.observed_at_ms == T0 + 33 * HOUR  # 31-33 h alone is < 90 % of 3 h
-    alerts, _, _ = _recovery_course(urine_ml_h=140)
+    alerts, _, _ = recovery_course(urine_ml_h=140)
     assert [e.criterion for e in alerts[1].evidence] == ["blood_pressure_recovered",
                                                          "hematocrit_falling"]
 
@@ -485,9 +482,9 @@ def test_polyuria_over_2_1_ml_kg_h_for_3_h_before_the_recovery_is_part_of_its_ev
 def test_a_calm_recovery_closes_48_hours_after_it_began_not_before():
     assert TH.recovery_min_h == 48.0
     onset_h = 33
-    alerts, _, _ = _recovery_course(end_h=onset_h + 48 - 0.25)
+    alerts, _, _ = recovery_course(end_h=onset_h + 48 - 0.25)
     assert phases(alerts) == ["leak/high", "recovery/warning"]
-    alerts, st, _ = _recovery_course(end_h=onset_h + 48)
+    alerts, st, _ = recovery_course(end_h=onset_h + 48)
     assert phases(alerts) == ["leak/high", "recovery/warning", "none/info"]
     closed = alerts[-1]
     assert closed.previous_phase == "recovery" and closed.episode == 1
@@ -499,9 +496,9 @@ def test_a_calm_recovery_closes_48_hours_after_it_began_not_before():
 def test_a_recovery_with_polyuria_in_the_last_6_h_stays_open_until_7_days():
     assert TH.recovery_max_h == 168.0
     onset_h = 33
-    alerts, _, _ = _recovery_course(end_h=onset_h + 168 - 0.25, urine_ml_h=150)
+    alerts, _, _ = recovery_course(end_h=onset_h + 168 - 0.25, urine_ml_h=150)
     assert phases(alerts) == ["leak/high", "recovery/warning"]
-    alerts, st, _ = _recovery_course(end_h=onset_h + 168, urine_ml_h=150)
+    alerts, st, _ = recovery_course(end_h=onset_h + 168, urine_ml_h=150)
     assert phases(alerts) == ["leak/high", "recovery/warning", "none/info"]
     closed = alerts[-1]
     assert closed.previous_phase == "recovery"
@@ -531,7 +528,7 @@ def test_a_high_hct_after_the_recovery_does_not_pair_with_the_shock_before_it():
     # recovery at 33 h; Hct 57 % at 34-35 h lies within 6 h of the shock that ended at 30 h, but
     # a relapse needs both the hypotension and the hemoconcentration after the recovery began
     extra = lab_panel(T0 + 34 * HOUR, 57, albumin=3.9) + lab_panel(T0 + 35 * HOUR, 57, albumin=3.9)
-    alerts, st, _ = _recovery_course(extra=extra)
+    alerts, st, _ = recovery_course(extra=extra)
     assert phases(alerts) == ["leak/high", "recovery/warning"]
     assert st.phase == "recovery"
 
@@ -542,7 +539,7 @@ def test_polyuria_in_recovery_with_weight_5_percent_over_baseline_is_a_fluid_ove
     assert TH.fluid_overload_weight_pct == 5.0
     ctx = {"patient_id": "p1", "weight_kg": 70}
     weighings = [obs("weight", kg, T0 + h * HOUR, "kg") for h in (36, 38)]
-    alerts, _, _ = _recovery_course(urine_ml_h=150, extra=weighings, context=ctx)
+    alerts, _, _ = recovery_course(urine_ml_h=150, extra=weighings, context=ctx)
     if not overload:
         assert phases(alerts) == ["leak/high", "recovery/warning"]
         return
@@ -586,21 +583,10 @@ def test_a_leak_is_critical_when_albumin_fell_half_a_gram_the_critical_repeats_t
     assert phases(alerts) == ["leak/high"]
 
 
-def _leak_with_signs(wbc=13.0, wbc_h=19, urine_ml_h=20):
-    """Leak at 21 h (shock 20-30 h, Hct 55 %), a WBC drawn at ``wbc_h``, hourly urine from 21 h
-    (70 kg: 20 mL/h = 0.29 mL/kg/h)."""
-    rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
-        lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
-    rows.append(obs("leukocytes", wbc, T0 + wbc_h * HOUR, "10*9/L"))
-    rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60)
-             for h in range(22, 31)]
-    return feed(by_time(rows))
-
-
 def test_leukocytosis_and_oliguria_together_escalate_a_leak_to_critical():
     # WBC 13 > 12 drawn 2 h before the leak (within the 6 h triad window) and 0.29 mL/kg/h
     # < 0.5 over 6 h: critical once the 6 h of oliguria are complete (21-27 h)
-    alerts, _, _ = _leak_with_signs()
+    alerts, _, _ = leak_with_signs()
     assert phases(alerts) == ["leak/high", "leak/critical"]
     high, critical = alerts
     assert critical.supersedes == high.alert_id
@@ -619,7 +605,7 @@ def test_leukocytosis_and_oliguria_together_escalate_a_leak_to_critical():
                          ids=["wbc_12_is_not_over_12", "wbc_7_h_before_the_leak",
                               "urine_0.5_ml_kg_h_is_not_below_0.5"])
 def test_one_supportive_sign_alone_does_not_escalate_a_leak(sign):
-    alerts, _, _ = _leak_with_signs(**sign)
+    alerts, _, _ = leak_with_signs(**sign)
     assert phases(alerts) == ["leak/high"]
 
 
