@@ -102,14 +102,17 @@ def feed(rows: list[dict[str, Any]], interventions: Iterable[dict[str, Any]] = (
 
 
 def leak_with_signs(wbc: float = 13.0, wbc_h: float = 19, urine_ml_h: float = 20,
-                    **urine_extra: Any) -> Fed:
+                    urine_reported_after_ms: int = 0) -> Fed:
     """Leak at 21 h (shock 20-30 h, Hct 55 %), a WBC drawn at ``wbc_h``, hourly urine from 21 h
-    (70 kg: 20 mL/h = 0.29 mL/kg/h; ``urine_extra``: extra fields of each collection)."""
+    (70 kg: 20 mL/h = 0.29 mL/kg/h), each collection reported ``urine_reported_after_ms`` after
+    it ended."""
     rows = vitals(0, 20, 120, 85) + vitals(20, 30, 80, 58) + \
         lab_panel(T0 + 4 * HOUR, 40, albumin=4.0) + lab_panel(T0 + 21 * HOUR, 55, albumin=3.9)
     rows.append(obs("leukocytes", wbc, T0 + int(wbc_h * HOUR), "10*9/L"))
-    rows += [obs("urine_output", urine_ml_h, T0 + h * HOUR, "mL", period_min=60, **urine_extra)
-             for h in range(22, 31)]
+    for h in range(22, 31):
+        ended = T0 + h * HOUR
+        late = {"available_at": ended + urine_reported_after_ms} if urine_reported_after_ms else {}
+        rows.append(obs("urine_output", urine_ml_h, ended, "mL", period_min=60, **late))
     return feed(by_time(rows))
 
 
