@@ -102,7 +102,7 @@ def feed(rows: list[dict[str, Any]], interventions: Iterable[dict[str, Any]] = (
 
 
 def leak_with_signs(wbc: float = 13.0, wbc_h: float = 19, urine_ml_h: float = 20,
-                    urine_reported_after_ms: int = 0) -> Fed:
+                    urine_reported_after_ms: int = 0, th: Thresholds = DEFAULT_THRESHOLDS) -> Fed:
     """Leak at 21 h (shock 20-30 h, Hct 55 %), a WBC drawn at ``wbc_h``, hourly urine from 21 h
     (70 kg: 20 mL/h = 0.29 mL/kg/h), each collection reported ``urine_reported_after_ms`` after
     it ended."""
@@ -113,7 +113,7 @@ def leak_with_signs(wbc: float = 13.0, wbc_h: float = 19, urine_ml_h: float = 20
         ended = T0 + h * HOUR
         late = {"available_at": ended + urine_reported_after_ms} if urine_reported_after_ms else {}
         rows.append(obs("urine_output", urine_ml_h, ended, "mL", period_min=60, **late))
-    return feed(by_time(rows))
+    return feed(by_time(rows), th=th)
 
 
 def recovery_course(end_h: float = 60.0, recovery_hct: float = 50.0,

@@ -157,11 +157,17 @@ def polyuric(rows, since):
                             lambda r: r > TH.polyuria_ml_per_kg_h, TH.urine_min_coverage)
 
 
-def test_a_flow_is_found_only_once_its_window_is_covered():
-    """Collections from T0: the windows ending before ``polyuria_hours`` are under-covered."""
+#: a coverage that a window missing one of its hours still meets
+LENIENT = (TH.polyuria_hours - 1) / TH.polyuria_hours - 0.01
+
+
+@pytest.mark.parametrize("coverage", [TH.urine_min_coverage, LENIENT], ids=["default", "lenient"])
+def test_a_flow_is_found_only_once_its_window_is_covered_as_asked(coverage):
+    """Collections from T0: a window is under-covered until ``coverage`` of it is charted."""
     rows = collections(2 * POLYURIA_ML_H, range(1, 11))
-    covered_h = next(h for h in range(1, 11) if h >= TH.urine_min_coverage * TH.polyuria_hours)
-    end, rate, known = polyuric(rows, T0)
+    covered_h = next(h for h in range(1, 11) if h >= coverage * TH.polyuria_hours)
+    end, rate, known = urine.first_flow(rows, T0, TH.polyuria_hours, KG,
+                                        lambda r: r > TH.polyuria_ml_per_kg_h, coverage)
     assert end == T0 + covered_h * HOUR
     assert rate == pytest.approx(2 * TH.polyuria_ml_per_kg_h)
     assert known == end
@@ -204,6 +210,17 @@ def test_the_oliguria_evidence_reads_in_clinical_words():
     assert oliguria.text == (f"urine {20 / KG:.2f} mL/kg/h over {TH.oliguria_hours:g} h "
                              f"(< {TH.oliguria_ml_per_kg_h:g})")
     assert oliguria.baseline is None
+
+
+def test_the_oliguria_window_needs_the_configured_coverage():
+    """Hourly urine from 21 h: 6 h of oliguria are complete at 27 h; with a coverage that 5 of
+    the 6 hours meet, at 26 h."""
+    alerts, _, _ = leak_with_signs()
+    assert alerts[-1].onset_at_ms == T0 + 27 * HOUR
+    lenient = replace(TH, urine_min_coverage=(TH.oliguria_hours - 1) / TH.oliguria_hours - 0.01)
+    alerts, _, _ = leak_with_signs(th=lenient)
+    assert phases(alerts) == ["leak/high", "leak/critical"]
+    assert alerts[-1].onset_at_ms == T0 + 26 * HOUR
 
 
 def test_a_leak_is_not_escalated_by_oliguria_before_the_urine_was_reported():
