@@ -62,6 +62,15 @@ def test_the_in_the_future_detail_names_both_times_and_how_far_apart_they_are():
         "time, or a new stay)")
 
 
+@pytest.mark.parametrize(("ahead_h", "shown"), [(30.0, "30.0 h"), (47.9, "47.9 h"),
+                                               (48.0, "2.0 days")])
+def test_how_far_ahead_a_reading_is_reads_in_hours_below_two_days_in_days_from_then(ahead_h,
+                                                                                   shown):
+    th = replace(TH, future_tolerance_h=24.0)  # a tolerance that lets hours show
+    rejection = check_time(horizon_at(H), H + int(ahead_h * HOUR), th)
+    assert f" is {shown} after the patient's latest reading" in rejection.detail
+
+
 def test_a_second_reading_up_to_the_tolerance_before_the_held_one_confirms_it_earlier_does_not():
     held = H + 3 * TOLERANCE  # both readings far enough ahead to be held on their own
     st = horizon_at(H)

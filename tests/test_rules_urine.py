@@ -188,6 +188,18 @@ def test_the_flow_is_known_when_every_collection_up_to_it_was_reported():
     assert (end, known) == (T0 + 8 * HOUR, T0 + 8 * HOUR)
 
 
+def test_a_window_covered_exactly_at_the_minimum_gives_a_rate_a_millisecond_less_does_not():
+    end = T0 + 10 * HOUR
+    needed = int(TH.urine_min_coverage * TH.oliguria_hours * HOUR)
+    assert needed == TH.urine_min_coverage * TH.oliguria_hours * HOUR  # whole milliseconds
+    ml = 100.0
+    rate = urine.rate_ml_per_kg_h([[end - needed, end, ml]], end, TH.oliguria_hours, KG,
+                                  TH.urine_min_coverage)
+    assert rate == pytest.approx(ml / KG / (needed / HOUR))
+    assert urine.rate_ml_per_kg_h([[end - needed + 1, end, ml]], end, TH.oliguria_hours, KG,
+                                  TH.urine_min_coverage) is None
+
+
 def test_no_window_beyond_the_cut_off_is_no_finding():
     assert polyuric(collections(POLYURIA_ML_H, range(1, 11)), T0) is None
 
