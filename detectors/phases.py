@@ -479,13 +479,13 @@ def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence
                                       th.urine_min_coverage)  # mL/h
         if flow is None or flow >= admission * th.prodrome_urine_fall_ratio:
             return None
+        known = urine.window_known_at(st.uo, t, th.prodrome_urine_hours)
         return Evidence("falling_urine_output", flow, "mL/h",
                         f"< {th.prodrome_urine_fall_ratio:.0%} of the admission flow over "
                         f"{th.prodrome_urine_hours:g} h", t, admission,
                         f"urine {flow:.0f} mL/h over {th.prodrome_urine_hours:g} h (< "
                         f"{th.prodrome_urine_fall_ratio:.0%} of the admission flow "
-                        f"{admission:.0f} mL/h)",
-                        urine.window_known_at(st.uo, t, th.prodrome_urine_hours))
+                        f"{admission:.0f} mL/h)", known if known > t else 0)
 
     return sign
 

@@ -47,7 +47,8 @@ def _single_heavy_weighing(flow_ml_h, charted_h=None, admission=ADMISSION_COLLEC
     rows = hourly_urine(ADMISSION_ML_H, range(1, admission + 1))
     rows += hourly_urine(flow_ml_h, [WEIGHED_H - k for k in range(int(hours))],
                          **(urine_extra or {}))
-    # the collection that ends at the weighing is charted before it (see the xfail below)
+    # the collection that ends at the weighing is charted before it (in the other order: see
+    # test_urine_charted_after_the_heavy_weighing_confirms_it_as_in_order)
     rows += [obs("weight", 70.0, T0, "kg"), obs("weight", 70.0 + GAIN_KG,
                                                 T0 + int(WEIGHED_H * HOUR), "kg")]
     return feed(rows, th=th)
@@ -108,10 +109,6 @@ def test_three_admission_collections_make_the_admission_flow():
     assert alerts == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a urine collection does not trigger a decision "
-                   "outside a leak or recovery (intake.on_urine), so urine charted after the "
-                   "heavy weighing never confirms the prodrome until another weighing or lab: "
-                   "the alert depends on arrival order")
 def test_urine_charted_after_the_heavy_weighing_confirms_it_as_in_order():
     flow = ADMISSION_ML_H * TH.prodrome_urine_fall_ratio - 1.0
     weighed = T0 + int(WEIGHED_H * HOUR)
@@ -122,9 +119,6 @@ def test_urine_charted_after_the_heavy_weighing_confirms_it_as_in_order():
     assert phases(alerts) == ["prodromal/warning"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the falling_urine_output evidence carries no "
-                   "availability (phases._urine_falling), so a prodrome confirmed by urine "
-                   "reported late is raised at the weighing, before that urine was known")
 def test_a_prodrome_is_not_raised_before_the_urine_that_confirms_it_was_reported():
     flow = ADMISSION_ML_H * TH.prodrome_urine_fall_ratio - 1.0
     weighed = T0 + int(WEIGHED_H * HOUR)
