@@ -119,6 +119,9 @@ class Thresholds:
     #: confirmed when the urine flow of the 6 h before it is below 60 % of the admission flow
     prodrome_urine_fall_ratio: float = 0.6
     prodrome_urine_hours: float = 6.0
+    #: [D] the admission flow is the mean of the stay's first 3 urine collections (hourly
+    #: charting: the first 3 h), so one short or spilled collection does not set it
+    prodrome_urine_baseline_collections: int = 3
     #: [D] Wu 2019: the prodrome precedes the leak by 1-2 days; a prodrome with no leak after 72 h
     #: is closed (back to none) so a patient does not stay flagged for good.
     prodrome_expiry_h: float = 72.0
@@ -201,6 +204,13 @@ class Thresholds:
     weight_jump_kg: float = 5.0
     weight_jump_pct: float = 10.0
     weight_jump_kg_per_h: float = 1.0
+    #: [D] the reference is the median of the last 3 weighings (and the admission weight): one
+    #: wrong weighing among them cannot move it
+    weight_jump_reference_weighings: int = 3
+    #: [D] with only an admission weight (no weighing yet) its time is unknown: taken as 24 h
+    #: before, so the allowance is 24 kg more than the fixed bound (an admission weight is
+    #: often days old or estimated, and must not refuse the first real weighing)
+    weight_jump_unknown_age_h: float = 24.0
     #: [D] a Hct that differs from both neighbouring draws by more than 20 points plus 10 points
     #: per hour between them is an artefact (the fastest real change in the MIMIC-III demo:
     #: 23 -> 39.6 % in 50 min under massive transfusion, 15.5 -> 8.9 % in 47 min in haemorrhage)

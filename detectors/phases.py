@@ -470,7 +470,7 @@ def _leak_alert(st: PatientState, facts: _Facts, th: Thresholds, onset: _Onset,
 
 def _urine_falling(st: PatientState, th: Thresholds) -> Callable[[int], Evidence | None]:
     """A prodromal sign at time t: urine flow well below the patient's admission flow."""
-    admission = st.baseline("urine_ml_h", 3)
+    admission = st.baseline("urine_ml_h", th.prodrome_urine_baseline_collections)
 
     def sign(t: int) -> Evidence | None:
         if admission is None:

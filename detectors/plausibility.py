@@ -84,14 +84,15 @@ def check_jump(st: PatientState, kind: str, t: int, value: float, th: Thresholds
 
 
 def _weight_jump(st: PatientState, t: int, kg: float, th: Thresholds) -> Rejection | None:
-    recent = st.wt[-3:]
+    recent = st.wt[-th.weight_jump_reference_weighings:]
     refs = [row[1] for row in recent]
     if st.weight_kg is not None:
         refs.append(st.weight_kg)
     if not refs:
         return None
     ref = median(refs)
-    nearest_h = min((abs(t - row[0]) / HOUR_MS for row in recent), default=24.0)
+    nearest_h = min((abs(t - row[0]) / HOUR_MS for row in recent),
+                    default=th.weight_jump_unknown_age_h)
     allowed = max(th.weight_jump_kg, ref * th.weight_jump_pct / 100.0) \
         + th.weight_jump_kg_per_h * nearest_h
     if abs(kg - ref) <= allowed:

@@ -26,7 +26,7 @@ from detectors.state import PatientState
 H = T0 + 100 * HOUR
 TOLERANCE = TH.future_tolerance_ms
 GAP = TH.stay_gap_ms
-DAY_H = 24.0
+DAY_H = TH.weight_jump_unknown_age_h  # the age of an admission weight with no weighing yet
 
 
 def horizon_at(t, near=2, ahead=0):

@@ -18,10 +18,9 @@ from detectors.alerts import Evidence
 from detectors.config import DEFAULT_THRESHOLDS as TH
 from detectors.criteria import urine
 
-#: admission urine flow (mL/h) and the number of hourly collections that make it: the admission
-#: flow needs 3 collections (a constant of ``detectors.phases._urine_falling``, not a threshold)
+#: admission urine flow (mL/h) and the number of hourly collections that make it
 ADMISSION_ML_H = 100.0
-ADMISSION_COLLECTIONS = 3
+ADMISSION_COLLECTIONS = TH.prodrome_urine_baseline_collections
 
 
 def hourly_urine(ml_per_h, end_hours, **extra):
