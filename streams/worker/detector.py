@@ -329,7 +329,8 @@ class Detector:
     def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str],
                     position: tuple[str, int, int]) -> None:
         pid = ctx.patient_id
-        st = apply_context(self.store.get(pid), ctx)
+        before = self.store.get(pid)
+        st = apply_context(before, ctx)
         self._counter("context", "context").inc()
         if st is not None:
             mark_applied(st, *position)
@@ -337,6 +338,8 @@ class Detector:
             dirty.add(pid)
             self.outputs.phase(st, ())
             return
+        if before is not None:  # the decision a lab panel waits for, before forgetting (as
+            self.outputs.alerts(flush(before, self.th), None)  # the replay does)
         self.beds.forget(pid)  # discharged: not a silent bed
         self._pending.get(partition, set()).discard(pid)
         self.store.forget(partition, pid)
