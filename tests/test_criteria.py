@@ -205,6 +205,25 @@ def test_the_example_thresholds_file_documents_the_defaults():
     assert load_thresholds(example) == DEFAULT_THRESHOLDS
 
 
+def test_the_shifted_dates_file_changes_only_the_streams_wall_clock_check():
+    """deploy/thresholds.shifted-dates.toml (date-shifted data into a live worker) must not
+    change a clinical threshold, or the stream would no longer compare with the replay."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from detectors.config import DEFAULT_THRESHOLDS
+
+    path = Path(__file__).resolve().parent.parent / "deploy" / "thresholds.shifted-dates.toml"
+    shifted = load_thresholds(path)
+    import time
+    from datetime import UTC, datetime
+
+    latest_mimic_ms = datetime(2211, 1, 1, tzinfo=UTC).timestamp() * 1000
+    assert time.time() * 1000 + shifted.stream_future_h * 3_600_000 > latest_mimic_ms
+    assert replace(shifted, stream_future_h=DEFAULT_THRESHOLDS.stream_future_h) \
+        == DEFAULT_THRESHOLDS
+
+
 class TestConfounders:
     """detectors.confounders, one boundary each."""
 

@@ -68,6 +68,22 @@ def test_a_file_that_is_not_there_is_one_line_and_exit_2(tmp_path: Path,
     assert capsys.readouterr().err.startswith("clsmon publish: error: file not found")
 
 
+def test_readings_dated_far_after_now_are_pointed_out_before_a_worker_refuses_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Date-shifted data (MIMIC-III: 2100-2210) would all be dead-lettered by a worker as
+    bad_time ("in the future"): publish says so, with the way out, once."""
+    path = tmp_path / "shifted.csv"
+    path.write_text("patient_id,observed_at,kind,value,unit\n"
+                    "p1,2026-11-25T04:10:00Z,sbp,120,mmHg\n"
+                    "p1,2150-03-01T04:10:00Z,sbp,120,mmHg\n"
+                    "p1,2150-03-01T04:15:00Z,sbp,118,mmHg\n")
+    assert main(["publish", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: 2 readings are dated more than 24 h after now (the first "
+            "2150-03-01T04:10:00Z)") in out
+    assert "deploy/thresholds.shifted-dates.toml" in out and out.count("note:") == 1
+
+
 def test_a_csv_without_the_observation_columns_is_one_line_and_exit_2(tmp_path: Path) -> None:
     # a fresh interpreter: the error is one line whether or not the replay was imported before
     # (here it was, by other tests; `clsmon publish` alone never imports it)

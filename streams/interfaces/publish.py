@@ -243,6 +243,12 @@ def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, 
     summary = Summary()
     progress = _Progress(sys.stderr)
     n = 0
+    # a worker refuses readings dated more than stream_future_h after its clock (bad_time):
+    # de-identified data shifted into the future (MIMIC-III: 2100-2210) would all be refused
+    from detectors.config import DEFAULT_THRESHOLDS
+
+    future_after = int(time.time() * 1000 + DEFAULT_THRESHOLDS.stream_future_h * 3_600_000)
+    future, first_future = 0, ""
     try:
         items: Iterable[Item] = read_items(p, fmt, hl7, fhir)
         if patients or interventions:
@@ -253,6 +259,11 @@ def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, 
                 print(f"refused {item.where}: {item.reason}: {item.refused}", file=out)
                 continue
             role, pid, doc = item.record
+            if role in ("vitals", "labs"):
+                at = parse_time_ms(doc.get("observed_at"))
+                if at is not None and at > future_after:
+                    future += 1
+                    first_future = first_future or str(doc.get("observed_at"))
             if publisher is not None:
                 publisher.send(getattr(names, role), pid, json.dumps(
                     doc, separators=(",", ":")).encode(), pid)
@@ -269,4 +280,10 @@ def run_publish(path: str, *, bootstrap: Connectable | None, names: TopicNames, 
     counts = ", ".join(f"{names.prefix}{role} {k}" for role, k in sorted(summary.sent.items()))
     print(f"{p} ({fmt}): {verb} {n} records ({counts or 'none'}); refused "
           f"{len(summary.refused)}", file=out)
+    if future:
+        print(f"note: {future} readings are dated more than "
+              f"{DEFAULT_THRESHOLDS.stream_future_h:g} h after now (the first {first_future}): "
+              "a worker dead-letters them as bad_time unless its thresholds raise "
+              "stream_future_h (date-shifted data: deploy/thresholds.shifted-dates.toml)",
+              file=out)
     return 1 if summary.refused else 0
