@@ -576,8 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser("worker", help="run the stream worker (Faust) against a Kafka broker",
-                       description="Consume vitals, labs and patients; dead-letter bad input; "
-                                   "detect CLS phases; publish alerts. Serves /metrics, /healthz "
+                       description="Consume vitals, labs, patients and interventions; "
+                                   "dead-letter bad input; detect CLS phases; publish alerts. "
+                                   "Serves /metrics, /healthz "
                                    "and /readyz. Stops cleanly on SIGTERM or Ctrl-C.")
     _add_worker_options(p)
     p.set_defaults(func=_cmd_worker)
@@ -685,7 +686,8 @@ def _add_interface_parsers(sub: Any) -> None:
 
     p = sub.add_parser(
         "publish", help="a file of observations, FHIR or HL7 v2 messages to the input topics",
-        description="Publish a file to the vitals, labs and patients topics, through the same "
+        description="Publish a file to the vitals, labs and patients topics (and interventions), "
+                    "through the same "
                     "mapping as the HL7 listener and the worker: CSV/Parquet observations (the "
                     "replay's long format), JSON lines (contract records or FHIR resources), a "
                     "FHIR resource or Bundle, or HL7 v2 messages (MLLP-framed or plain). What "

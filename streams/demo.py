@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from streams.kafka.apache import KafkaCluster
 from streams.kafka.connection import connect
 from streams.kafka.engines import local_broker, resolve_engine
 from streams.kafka.local import LOOPBACK, LocalBroker, free_port, port_in_use
@@ -170,8 +171,13 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         broker.start()
         ensure_topics(broker.bootstrap, names, PARTITIONS)
+        if isinstance(broker, KafkaCluster):  # it logs into its temporary data directory
+            logs = (f"its log {broker.node(1).log_file} while it runs; the other logs in "
+                    f"{logdir}")
+        else:
+            logs = f"logs in {logdir}"
         what = "Apache Kafka" if engine == "kafka" else "embedded Tansu"
-        say(out, f"broker    {what} at {broker.url}  (logs in {logdir})")
+        say(out, f"broker    {what} at {broker.url}  ({logs})")
         start_worker(broker.url, names, args, data, logdir, children)
         start_notifier(broker.url, names, args, data, logdir, children)
         board_url = start_board(broker.url, names, args, logdir, children)

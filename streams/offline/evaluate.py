@@ -481,6 +481,7 @@ def run_evaluate(observations: str, *, truth: str | None, patients: str | None, 
         for measure, value in lines:
             print(f"| {measure:<{width}} | {value:>6} |")
     print("alerts per patient by phase: " + ", ".join(
-        f"{r['phase']} {r['alerts']} ({r['patients_alerted']} patients)" for r in scored.by_phase))
+        f"{r['phase']} {r['alerts']} ({r['patients_alerted']} "
+        f"{'patient' if r['patients_alerted'] == 1 else 'patients'})" for r in scored.by_phase))
     print(f"report: {path}")
     return 0
