@@ -31,7 +31,9 @@ $(ENGINE): $(STAMP) $(shell find detectors -name '*.py' -not -path '*/__pycache_
 
 install: $(READY)  ## create .venv, install clsmon with its dev extras, compile the engine (mypyc)
 
-engine: $(ENGINE)  ## (re)compile detectors/ with mypyc into .venv/clsmon-engine when a source changed
+engine: $(STAMP)  ## (re)compile detectors/ with mypyc into .venv/clsmon-engine unless an up-to-date build is there
+	$(BIN)/python -m streams.ops.engine ensure
+	@touch $(ENGINE)
 
 lint: $(STAMP)  ## ruff over the code
 	$(BIN)/ruff check detectors streams tests bench

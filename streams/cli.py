@@ -619,8 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a user's mistake with a path (a file where a folder is wanted, or the other way round) is
+#: one line too, like a missing or unreadable file
 _EXPECTED_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, PermissionError,
-                                                 PortInUseError)
+                                                 IsADirectoryError, NotADirectoryError,
+                                                 FileExistsError, PortInUseError)
 
 
 def _cmd_hl7_listen(args: argparse.Namespace) -> int:

@@ -255,3 +255,18 @@ def test_an_unknown_engine_is_a_one_line_error() -> None:
     assert done.stderr == ("clsmon: error: CLSMON_ENGINE='fast': use one of auto, compiled, "
                            "interpreted\n")
 
+
+
+def test_make_engine_checks_the_build_itself_not_only_the_sources_dates(
+        compiled_build: Path) -> None:
+    """A deleted (or truncated-stamp) build with unchanged sources: `make engine`, which every
+    message about a missing build suggests, must still look at the build (it once answered
+    "Nothing to be done"). With an up-to-date build, `ensure` builds nothing."""
+    planned = subprocess.run(["make", "-n", "engine"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert planned.returncode == 0 and "-m streams.ops.engine ensure" in planned.stdout
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in compiled_build.iterdir())
+    done = subprocess.run([sys.executable, "-m", "streams.ops.engine", "ensure"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("compiled engine up to date"), done
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in compiled_build.iterdir()) == before

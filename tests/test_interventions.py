@@ -309,3 +309,15 @@ def test_publish_sends_the_side_files_records_where_the_replay_applies_them(tmp_
     labs = int(kinds.isin(["hematocrit", "hemoglobin"]).sum())
     assert (f"would send {len(kinds) + 6} records (c.interventions 2, c.labs {labs}, "
             f"c.patients 4, c.vitals {len(kinds) - labs})") in out.read_text()
+
+
+def test_a_stay_discharged_before_its_admission_is_refused_with_its_row(tmp_path) -> None:
+    """A stay row whose discharge precedes its admit (a swapped pair, a typo) would queue the
+    discharge before the admission and leave the stay open: refused, in replay and publish."""
+    stays = _two_stays()
+    stays[1] = {**stays[1], "discharge": format_time(T0 + 29 * 24 * HOUR)}
+    frame = pd.DataFrame(_iso(_leak(0))).astype("string")
+    result = rp.replay_frame(frame, stays)
+    [refused] = result.rejects
+    assert (refused["file"], refused["row"], refused["reason"]) == ("patients", 3, "inconsistent")
+    assert "is before admit" in refused["detail"] and result.contexts == 2

@@ -340,3 +340,19 @@ def test_raw_rows_read_back_in_bulk_equal_those_read_one_at_a_time() -> None:
     assert [{k: (type(v), str(v)) for k, v in r.items()} for r in bulk] == [
         {k: (type(v), str(v)) for k, v in r.items()} for r in one]
     assert one[1]["text"] is None and one[1]["count"] is None and one[0]["text"] == "a"
+
+
+def test_an_output_that_is_a_folder_is_one_line_before_the_replay_runs(
+        tmp_path, capsys) -> None:
+    """``--out`` or ``--rejects`` naming a folder is refused at once (it used to fail with a
+    traceback once the whole replay had run); a path error elsewhere is one line too."""
+    path = tmp_path / "obs.csv"
+    pd.DataFrame([{"patient_id": "p1", "observed_at": "2026-11-25T04:10:00Z", "kind": "sbp",
+                   "value": 120, "unit": "mmHg"}]).to_csv(path, index=False)
+    for flag in ("--out", "--rejects"):
+        assert main(["replay", str(path), flag, str(tmp_path), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"clsmon replay: error: {flag} {tmp_path} is a folder: give a file name\n"
+    assert main(["replay", str(path), "--thresholds", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Is a directory" in err

@@ -522,6 +522,9 @@ def run_replay(observations: str, *, patients: str | None = None, out: str | Non
     The file is read in chunks unless ``sort`` (memory bounded by the chunk, not the file).
     Returns the exit code (0). Raises ``ReplayError`` for a file that cannot be replayed.
     """
+    for flag, path in (("--out", out), ("--rejects", rejects)):
+        if path and Path(path).is_dir():  # found before the replay, not after it
+            raise ReplayError(f"{flag} {path} is a folder: give a file name")
     contexts = read_contexts(patients) if patients else None
     given = read_interventions(interventions) if interventions else None
     chunks = [read_observations(observations)] if sort else iter_observations(observations)

@@ -472,6 +472,11 @@ def context_events(rows: list[dict[str, Any]], side: SideInput, seq: int = 0) ->
                 break
             parsed.append((event, at))
         else:
+            if len(parsed) == 2 and parsed[1][1] < parsed[0][1]:  # type: ignore[operator]
+                side.rejects.append({"file": "patients", "row": i + 2, "reason": "inconsistent",
+                                     "detail": f"discharge {row['discharge']} is before admit "
+                                               f"{row['admit']}", "input": raw})
+                continue
             kept = {k: v for k, v in row.items()
                     if v is not None and k not in ("admit", "discharge")}
             for event, at in parsed:

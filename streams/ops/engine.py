@@ -206,9 +206,10 @@ def select(environ: Mapping[str, str] = os.environ, engine_dir: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streams.ops.engine build|status``: build prints one line and exits 0 even
-    when the build fails (the interpreted engine is used then); status exits 1 when no
-    up-to-date build exists."""
+    """``python -m streams.ops.engine build|ensure|status``: build prints one line and exits 0
+    even when the build fails (the interpreted engine is used then); ensure builds only when no
+    up-to-date build exists (a build deleted or stale for another reason than an edited
+    source, which Make cannot see); status exits 1 when no up-to-date build exists."""
     args = sys.argv[1:] if argv is None else argv
     if args == ["build"]:
         print(f"compiling detectors/ with mypyc into {ENGINE_DIR} (~1.5 min)", flush=True)
@@ -219,11 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled engine ready: {ENGINE_DIR}" if failed is None else
               f"compiled engine not built ({failed}); clsmon will use the interpreted engine")
         return 0
+    if args == ["ensure"]:  # `make engine`: build unless an up-to-date build is there
+        why_not = build_status()
+        if why_not is None:
+            print(f"compiled engine up to date: {ENGINE_DIR}")
+            return 0
+        print(why_not)
+        return main(["build"])
     if args == ["status"]:
         why_not = build_status()
         print(f"compiled engine up to date: {ENGINE_DIR}" if why_not is None else why_not)
         return 0 if why_not is None else 1
-    print("usage: python -m streams.ops.engine build|status", file=sys.stderr)
+    print("usage: python -m streams.ops.engine build|ensure|status", file=sys.stderr)
     return 2
 
 
