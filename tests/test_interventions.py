@@ -321,3 +321,16 @@ def test_a_stay_discharged_before_its_admission_is_refused_with_its_row(tmp_path
     [refused] = result.rejects
     assert (refused["file"], refused["row"], refused["reason"]) == ("patients", 3, "inconsistent")
     assert "is before admit" in refused["detail"] and result.contexts == 2
+
+
+def test_the_interventions_or_observations_file_given_as_patients_is_one_line(
+        tmp_path, capsys) -> None:
+    """A context row needs only patient_id, so a swapped file used to be taken row by row
+    (270 "admissions" carrying a crystalloid's fields): refused by its columns, in replay and
+    publish alike."""
+    obs, _, _, _, interventions = _two_stays_and_a_transfusion(tmp_path)
+    for wrong, named in ((interventions, "kind, started_at"), (obs, "kind, observed_at")):
+        for command in (["replay", obs, "--quiet"], ["publish", obs, "--dry-run"]):
+            assert main([*command, "--patients", wrong]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"is not a patients file: it has {named}" in err

@@ -421,6 +421,12 @@ def read_contexts(path: str | Path) -> list[dict[str, Any]]:
     df = _read_table(path, "patients")
     if "patient_id" not in df.columns:
         raise ReplayError(f"{path}: needs a patient_id column (and sex, weight_kg, birth_year)")
+    # a context row needs only patient_id, so the wrong file would pass row by row: the
+    # columns of observations or interventions say what it is
+    wrong = [c for c in ("kind", "observed_at", "started_at") if c in df.columns]
+    if wrong:
+        raise ReplayError(f"{path}: is not a patients file: it has {', '.join(wrong)} "
+                          "(observations or interventions?)")
     return df.to_dict("records")
 
 
