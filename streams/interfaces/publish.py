@@ -162,7 +162,7 @@ def with_side_events(items: Iterable[Item], patients: str | None,
     (``available_at``, else ``observed_at``) reaches its time (a discharge: passes it), one
     without a time first, the rest at the end; rows the side files refuse come first, as
     refusals. Raises ``ReplayError`` for a side file that cannot be read."""
-    from streams.offline.sources import AFTER, read_contexts, read_interventions, side_input
+    from streams.offline.sources import read_contexts, read_interventions, side_input
 
     side = side_input(read_contexts(patients) if patients else None,
                       read_interventions(interventions) if interventions else None)
@@ -174,8 +174,7 @@ def with_side_events(items: Iterable[Item], patients: str | None,
         nonlocal k
         while k < len(events):
             e = events[k]
-            if e.at_ms is not None and clock is not None and (
-                    e.at_ms > clock or (e.rank == AFTER and e.at_ms == clock)):
+            if clock is not None and not e.due_before(clock):
                 return
             k += 1
             role = "patients" if isinstance(e.value, PatientContext) else "interventions"

@@ -394,6 +394,14 @@ class SideEvent:
     def key(self) -> tuple[int, int, int]:
         return (_FIRST if self.at_ms is None else self.at_ms, self.rank, self.seq)
 
+    def due_before(self, clock: int) -> bool:
+        """Is it applied before a row whose arrival clock is ``clock``? (At the row's time:
+        BEFORE it, AFTER not.) The rule the replay applies to a whole chunk at once with
+        ``searchsorted`` (``_Replay._events_within``: side "left" for BEFORE, "right" for
+        AFTER); ``clsmon publish --patients`` applies it row by row."""
+        return self.at_ms is None or self.at_ms < clock or (
+            self.at_ms == clock and self.rank == BEFORE)
+
 
 @dataclass(slots=True)
 class SideInput:
