@@ -94,8 +94,11 @@ def test_a_patient_split_by_another_partitioner_is_joined_on_one_worker(
                              lambda rs: {d["alert_id"] for d in alert_docs(rs)} >= expected,
                              timeout=60)
         assert {d["alert_id"] for d in alert_docs(records)} == expected
+        # each stray vital joined its home partition: forwarded to the other worker, or
+        # merged there at once by the worker that holds both
+        misrouted = sum(w.total("clsmon_misrouted_total", topic=names.vitals) for w in (a, b))
         forwarded = sum(w.total("clsmon_forwarded_total", topic=names.vitals) for w in (a, b))
-        assert forwarded == len(vitals)
+        assert misrouted == len(vitals) and forwarded <= misrouted
         assert sum(w.total("clsmon_dead_letters_total") for w in (a, b)) == 0
     finally:
         for w in (a, b):

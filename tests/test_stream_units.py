@@ -482,3 +482,101 @@ def test_a_discharge_takes_the_decision_a_lab_panel_waits_for_like_the_replay() 
                         json.dumps(discharge).encode()), now=t + 1)
     det.on_tick(0, now=t + 1.001)
     assert _alert_ids(alerts) == expected
+
+
+def _outcomes(metrics: Metrics) -> dict[tuple[str, ...], float]:
+    return {tuple(sorted(s.labels.values())): s.value
+            for family in metrics.registry.collect() if family.name == "clsmon_observations"
+            for s in family.samples if s.name == "clsmon_observations_total"}
+
+
+@pytest.mark.parametrize("size", [2, 37, 100, 5000])
+def test_a_batch_gives_what_its_messages_give_one_by_one(size: int) -> None:
+    """The worker hands the detector a fetched batch at once (streams.kafka.consumer, 11.), and
+    the merge is asked what it can release once per batch: the same alerts in the same order,
+    the same counts by outcome and the same state as message by message, with the ordering
+    grace in play (each batch at the time of its last message)."""
+    names = TopicNames("u.")
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=300, partitions=1)
+    events = _cohort_events(names)
+    runs = []
+    for batch_size in (1, size):
+        metrics, table, alerts = Metrics(), _Table(), _Topic()
+        det = _new_detector(cfg, metrics, table, alerts, _Topic())
+        for i in range(0, len(events), batch_size):
+            chunk = [_Event(e.message, e.key, e.value) for e in events[i:i + batch_size]]
+            det.on_batch(chunk, now=chunk[-1].message.timestamp)
+        det.on_tick(0, now=events[-1].message.timestamp + 10)  # the grace is over: all out
+        docs = [json.loads(value) for _, value in alerts.sent]
+        for doc in docs:
+            doc.pop("emitted_at")
+        runs.append((docs, _outcomes(metrics), dict(table.data)))
+    (one_docs, one_counts, one_state), (docs, counts, state) = runs
+    assert len(one_docs) >= 4
+    assert docs == one_docs
+    assert counts == one_counts
+    assert state == one_state
+
+
+def test_a_tick_in_a_batch_acts_after_every_message_of_the_batch_is_merged() -> None:
+    """The agent counts a whole batch received before the detector takes it (the consumer's
+    caught-up test), so a tick in the middle of a batch must not release: a source would count
+    as caught up while its messages later in the batch are not merged yet."""
+    det, metrics, _, _, _ = _detector()
+    det.cfg = WorkerConfig(topic_prefix="u.", grace_ms=300, partitions=1)
+    det.caught_up = lambda source, partition: 1_800_000_100_000  # every source received
+    t0 = 1_800_000_000.0
+
+    def lab(ts: float, offset: int) -> _Event:
+        doc = {"patient_id": "bed1", "kind": "albumin", "value": 3.5, "unit": "g/dL",
+               "observed_at": "2026-11-25T04:30:00Z"}
+        return _Event(_Msg("u.labs", offset=offset, timestamp=ts), b"bed1",
+                      json.dumps(doc).encode())
+
+    batch = [_Event(_Msg("u.vitals", offset=0, timestamp=t0 + 1), b"bed1", _obs()),
+             lab(t0 + 10, 0),
+             _Event(_Msg("u.ticks", offset=0, timestamp=t0 + 11), None, b""),
+             _Event(_Msg("u.vitals", offset=1, timestamp=t0 + 5), b"bed1",
+                    _obs("2026-11-25T04:15:00Z"))]
+    det.on_batch(batch, now=t0 + 20)
+    assert batch[2].acked
+    behind = metrics.registry.get_sample_value("clsmon_merged_behind_total",
+                                               {"topic": "u.vitals"})
+    assert not behind  # the vital sent before the lab was merged before it
+    assert metrics.registry.get_sample_value(
+        "clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 2
+
+
+def test_a_misrouted_record_whose_home_partition_this_worker_holds_is_merged_there() -> None:
+    """Forwarded, a misrouted record reaches its home partition's log later than its timestamp,
+    after records sent after it (kcat: a patient's vitals on the CRC32 partition, then its labs:
+    the labs were released first, 10,657 vitals merged behind, one alert the replay never
+    raised). When this worker holds the home partition the record goes straight into that
+    partition's merge, in arrival order; its position is kept apart from the home log's."""
+    from streams.kafka.topics import HomePartitions
+
+    metrics, table, alerts, dead, vitals = Metrics(), _Table(), _Topic(), _Topic(), _Topic()
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=3)
+    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                   Outputs(alerts, dead, metrics, input_topics={"u.vitals": vitals}))
+    det.holds = lambda partition: True
+    home = HomePartitions(3).of(b"bed1")
+    stray_partition = (home + 1) % 3
+    stray = _Event(_Msg("u.vitals", partition=stray_partition, offset=4), b"bed1", _obs())
+    det.on_event(stray, now=1_800_000_001.0)
+    assert vitals.sent == [] and not stray.acked
+    assert det.has_work(home)
+    det.on_tick(home, now=1_800_000_001.1)
+    assert stray.acked  # after the home partition's state was written
+    assert table.changelog[-1][:2] == (home, b"bed1")
+    state = json.loads(table.data[b"bed1"])
+    assert state["applied"] == {f"vitals@{stray_partition}": [4, 1_800_000_000_000]}
+    sample = metrics.registry.get_sample_value
+    assert sample("clsmon_misrouted_total", {"topic": "u.vitals"}) == 1
+    assert sample("clsmon_forwarded_total", {"topic": "u.vitals"}) is None
+    assert sample("clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 1
+    # a record of the home log with a higher offset is not taken for the same one
+    det.on_event(_Event(_Msg("u.vitals", partition=home, offset=9), b"bed1",
+                        _obs("2026-11-25T04:20:00Z")), now=1_800_000_002.0)
+    assert sample("clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 2
+    assert not det.has_work(stray_partition)

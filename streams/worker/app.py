@@ -34,6 +34,10 @@ from streams.worker.store import StateStore
 
 log = logging.getLogger(__name__)
 
+#: batches waiting for the agent (each up to ~100 messages: one fetch, or the part of it read
+#: between two yields of the delivery loop); a full buffer makes the delivery loop wait
+BATCHES_BUFFERED = 16
+
 
 @dataclass
 class Worker:
@@ -57,6 +61,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
     names = cfg.names
     raw = faust_app.RAW
     inputs = app.topic(*names.inputs, names.ticks, **raw)
+    app.topics.add(inputs)  # subscribed, though no stream reads it: see the agent below
     ticks_topic = app.topic(names.ticks, **raw)
     table = faust_app.raw_table(app, TABLE_NAME, cfg.partitions)
     outputs = Outputs(app.topic(names.alerts, **raw), app.topic(names.dead_letters, **raw),
@@ -70,12 +75,17 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
                            metrics.rereads, idle=lambda tp: not detector.has_work(tp.partition))
     detector.caught_up = consumer.caught_up_probe(app, guard)
     detector.undecodable = consumer.undecodable_probe(app)
+    detector.holds = consumer.holds_probe(app, names.vitals)  # co-partitioned: one stands for all
 
-    @app.agent(inputs, name="detect")
+    # the inputs reach the agent as batches (streams.kafka.consumer, 11.): Faust's path per
+    # message (an event, a queue, the stream's bookkeeping) cost more than our detection
+    batches = app.channel(maxsize=BATCHES_BUFFERED)
+    consumer.deliver_in_batches(app, {*names.inputs, names.ticks}, batches)
+
+    @app.agent(batches, name="detect")
     async def detect(stream: Any) -> None:
-        async for event in stream.noack().events():
-            guard.seen(event.message.tp, event.message.offset)
-            detector.on_event(event)
+        async for batch in stream.noack():
+            detector.on_batch(consumer.received(app, batch, guard))
 
     @app.timer(cfg.tick_s)
     async def tick() -> None:

@@ -78,16 +78,24 @@ class Detector:
         self._pending: dict[int, set[str]] = {}
         self._dirty: dict[int, set[str]] = {}
         self._unacked: dict[int, list[Any]] = {}
+        #: per partition, its misrouted records held in their home partition's merge
+        self._held_for: dict[int, int] = {}
         self.beds = SilentBeds()
         self._bed_wards: set[str] = set()
         self._beds_counted = 0.0
-        #: ``(topic, partition) -> ms | None``: when the consumer last saw that partition hold
-        #: nothing this worker has not received (``streams.worker.ordering``); set by
+        #: ``(topic, partition | None) -> ms | None``: when the consumer last saw that
+        #: partition (None: every partition of the topic this worker holds) hold nothing this
+        #: worker has not received (``streams.worker.ordering``); set by
         #: ``streams.worker.app.build`` from the consumer
-        self.caught_up: Callable[[str, int], int | None] | None = None
+        self.caught_up: Callable[[str, int | None], int | None] | None = None
         #: ``(topic, partition, offset) -> UndecodableBatch | None``: the record batch a
         #: message without key and value stands for (``streams.kafka.records``)
         self.undecodable: Callable[[str, int, int], Any] | None = None
+        #: ``partition -> bool``: does this worker hold that partition of the inputs? A
+        #: misrouted record whose home partition it holds is merged there at once (its order
+        #: among the home partition's records is then the arrival order: forwarded, it would
+        #: reach the log later than its timestamp); None: always forwarded
+        self.holds: Callable[[int], bool] | None = None
         self._buffered = -1  # the last value of clsmon_ordering_buffer_messages
         #: event time (ms) of the last observation processed by the running release, for
         #: clsmon_event_time_lag_seconds (set once per release, not per message: a lock each)
@@ -97,35 +105,77 @@ class Detector:
     # -- entry points ------------------------------------------------------------------------
     def on_event(self, event: Any, now: float | None = None) -> None:
         """Handle one message of any input topic; never raises."""
+        self.on_batch((event,), now)
+
+    def on_batch(self, events: Any, now: float | None = None) -> None:
+        """Handle messages of any input topics, in the order given (per partition, their
+        offset order); never raises. The arrival-order merge of each partition is asked for
+        what it can release once per batch, after every message of it was taken in: the
+        same records in the same order as message by message (the merge orders what it
+        holds, and holding more only gives it more to order), for a fraction of the cost."""
         now = time.time() if now is None else now
+        touched: set[int] = set()
+        ticks: list[Any] = []
+        take, ticks_topic = self._take, self._ticks
+        for event in events:
+            if event.message.topic == ticks_topic:
+                ticks.append(event)
+                continue
+            partition = take(event, now)
+            if partition is not None:
+                touched.add(partition)
+        # ticks last: the consumer counts a whole batch received before this call, so a
+        # release in the middle of it would take a source for caught up while messages of
+        # it later in the batch are not in its merge yet (labs released ahead of vitals)
+        ticked = {event.message.partition for event in ticks}
+        for partition in sorted(touched - ticked):
+            try:
+                self._release(partition, now)
+            except Exception:  # noqa: BLE001 - _release handles its messages' errors itself
+                log.exception("internal error releasing partition %s", partition)
+        for partition in sorted(ticked):
+            try:
+                self.on_tick(partition, now)
+            except Exception:  # noqa: BLE001 - a tick comes again; one must not stop the rest
+                log.exception("internal error on a tick of partition %s", partition)
+        for event in ticks:
+            event.ack()
+
+    def _take(self, event: Any, now: float) -> int | None:
+        """Take one message (not a tick) in; the partition whose merge now holds it, else
+        None (dead-lettered, forwarded or handled already)."""
         msg = event.message
         try:
             topic = msg.topic
-            if topic == self._ticks:
-                self.on_tick(msg.partition, now)
-                event.ack()
-                return
             if event.value is None and self._undecodable(event):
-                return
+                return None
             key = event.key
-            if key is not None and self._home.of(key) != msg.partition:
-                self.outputs.forward(event, self._home.of(key))  # never split a patient
-                return
+            partition = msg.partition
+            if key is not None:
+                home = self._home.of(key)
+                if home != partition:  # never split a patient
+                    self.metrics.misrouted.labels(topic).inc()
+                    holds = self.holds
+                    if holds is None or not holds(home):
+                        self.outputs.forward(event, home)
+                        return None
+                    partition = home  # merged there, in arrival order with the rest of it
+                    self._held_for[msg.partition] = self._held_for.get(msg.partition, 0) + 1
             value = ingest(key, event.value, topic == self._patients,
                            topic == self._interventions)
             if isinstance(value, Observation):
                 value = self._not_in_the_future(value, now)
             if isinstance(value, Refused):
                 self.outputs.dead_letter(event, value.rejection, value.kind)
-                return
+                return None
             if isinstance(value, Mapped):  # FHIR: several values; the refused part dead-lettered
                 if value.refused is not None:
                     self.outputs.dead_letter(event, value.refused.rejection, value.refused.kind,
                                              ack=not value.values)
                 if not value.values:
-                    return
+                    return None
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
-            merge = self._merge(msg.partition, now)
+            merge = self._merge(partition, now)
             arrival = merge.push(topic, _ts_ms(msg, now), msg.offset, item,
                                  int(now * 1000), key)
             if arrival:
@@ -133,10 +183,11 @@ class Detector:
                     self.metrics.future_timestamps.labels(topic).inc()
                 if arrival & Arrival.BEHIND:
                     self.metrics.merged_behind.labels(topic).inc()
-            self._release(msg.partition, now)
+            return int(partition)
         except Exception as exc:  # noqa: BLE001 - an escaping exception stalls the partition
             log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
             self.outputs.internal_error(event, exc)
+            return None
 
     def _not_in_the_future(self, obs: Observation, now: float) -> Observation | Refused:
         """An observation dated more than ``stream_future_h`` after the wall clock is
@@ -166,7 +217,8 @@ class Detector:
         messages, or a lab panel waiting for its patient to go quiet."""
         merge = self._merges.get(partition)
         return bool((merge is not None and len(merge)) or self._dirty.get(partition)
-                    or self._unacked.get(partition) or self._pending.get(partition))
+                    or self._unacked.get(partition) or self._pending.get(partition)
+                    or self._held_for.get(partition))
 
     def on_tick(self, partition: int, now: float) -> None:
         """Release what a silent source held back; flush lab panels of quiet patients;
@@ -199,6 +251,7 @@ class Detector:
         self._merges.clear()
         self._dirty.clear()
         self._unacked.clear()
+        self._held_for.clear()
         self._pending.clear()
         self.store.clear()
         # the beds of revoked partitions are another worker's now: stop reporting them here,
@@ -239,14 +292,21 @@ class Detector:
         if merge is None:
             return
         probe = self.caught_up
+        # a source counts as caught up for this merge only when every partition of it this
+        # worker holds is: a misrouted record for this partition may still come from another
+        # (``holds``); so the probe is asked about the topic as a whole (partition None)
         items = merge.pop_ready(int(now * 1000), None if probe is None
-                                else lambda source: probe(source, partition))
+                                else lambda source: probe(source, None))
         if not items:
             self._update_buffered()
             return
         dirty = self._dirty.setdefault(partition, set())
         done = self._unacked.setdefault(partition, [])
+        held_for = self._held_for
         for item in items:
+            came_from = item.event.message.partition
+            if came_from != partition:  # a misrouted record merged here
+                held_for[came_from] -= 1
             try:
                 self._process(item, partition, now, dirty)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
@@ -280,7 +340,10 @@ class Detector:
         # a list: the values of one FHIR resource (a NamedTuple value is a tuple: not a list)
         values = item.value if isinstance(item.value, list) else (item.value,)
         msg = item.event.message
-        position = (self._sources.get(msg.topic, msg.topic), msg.offset, _ts_ms(msg, now))
+        source = self._sources.get(msg.topic, msg.topic)
+        if msg.partition != partition:  # misrouted, merged here: its offsets are another log's
+            source = f"{source}@{msg.partition}"
+        position = (source, msg.offset, _ts_ms(msg, now))
         # per patient, whether this record was folded in before (the values of one FHIR
         # Bundle share its offset: all are judged by the position before the first of them)
         redelivered: dict[str, bool] = {}

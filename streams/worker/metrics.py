@@ -67,11 +67,17 @@ class Metrics:
             "readings may be late for the patient (shown on the patient's alerts). Should stay "
             "0; if not, the producers need a longer grace", ["topic"],
             registry=r)
+        self.misrouted = Counter(
+            "clsmon_misrouted",
+            "Input records found on a partition other than the one their key hashes to (a "
+            "producer with another partitioner, e.g. librdkafka's CRC32 default); each is "
+            "merged into its home partition here when this worker holds it, else forwarded "
+            "(clsmon_forwarded_total)", ["topic"], registry=r)
         self.forwarded = Counter(
             "clsmon_forwarded",
-            "Input records found on a partition other than the one their key hashes to (a "
-            "producer with another partitioner, e.g. librdkafka's CRC32 default), forwarded to "
-            "it so one worker holds all of a patient", ["topic"], registry=r)
+            "Misrouted input records (clsmon_misrouted_total) re-published on the partition "
+            "their key hashes to, because another worker holds it, so one worker holds all of "
+            "a patient", ["topic"], registry=r)
         self.ready = Gauge("clsmon_ready", "1 when the worker has started and owns partitions",
                            registry=r)
         self.rereads = consumer.rereads_counter(r)
