@@ -10,7 +10,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # the compiled engine: detectors/ built by mypyc into $(VENV)/clsmon-engine (streams/ops/engine.py);
 # the mark is touched even when the build fails (no C compiler: clsmon runs interpreted), so it is
-# retried only when a source changes; clsmon itself never runs a build older than the sources
+# retried only when a source changes; clsmon itself never runs a build older than the sources.
+# streams/ops/engine.py writes and checks the build's stamp: after an edit there, `ensure` rebuilds
+# only if the build no longer passes the check
 ENGINE := $(VENV)/.engine
 READY  := $(STAMP) $(ENGINE)
 
@@ -25,8 +27,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-$(ENGINE): $(STAMP) $(shell find detectors -name '*.py' -not -path '*/__pycache__/*')
-	$(BIN)/python -m streams.ops.engine build
+$(ENGINE): $(STAMP) streams/ops/engine.py $(shell find detectors -name '*.py' -not -path '*/__pycache__/*')
+	$(BIN)/python -m streams.ops.engine ensure
 	@touch $@
 
 install: $(READY)  ## create .venv, install clsmon with its dev extras, compile the engine (mypyc)

@@ -235,6 +235,99 @@ def test_a_build_for_another_python_is_stale(compiled_build: Path, tmp_path: Pat
     assert why_not is not None and "Python 3.10.0" in why_not
 
 
+def _clsmon_in_child(copy: Path, sources: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """``clsmon --version`` in a child whose engine folder is ``copy`` (sources ``sources``),
+    with ``CLSMON_ENGINE=mode``; then, when it ran, the engine it imported and where
+    ``detectors.phases`` came from, on stdout's last line."""
+    code = ("import sys; from pathlib import Path; from streams.ops import engine; "
+            "engine.ENGINE_DIR, engine.SOURCE_DIR = Path(sys.argv[1]), Path(sys.argv[2]); "
+            "from streams.cli import main\n"
+            "try:\n    code = main(['--version'])\nexcept SystemExit as done:\n"
+            "    code = done.code\n"
+            "if code == 0:\n    import detectors.phases\n"
+            "    print(engine.label(), detectors.phases.__file__)\n"
+            "sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, str(copy), str(sources)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, engine.ENV_VAR: mode})
+
+
+def _damage(copy: Path, how: str) -> str:
+    """Damages the build copied in ``copy`` as a full disk, a copy cut short or a bad sector
+    would; returns the damaged file's path relative to ``copy``."""
+    shared = next(copy.glob("*__mypyc*"))  # the one library holding every compiled module
+    if how == "shared library cut short":
+        data = shared.read_bytes()
+        shared.write_bytes(data[:len(data) // 2])
+        return shared.name
+    if how == "shared library bytes changed in place":
+        data = bytearray(shared.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
+        shared.write_bytes(bytes(data))
+        return shared.name
+    if how == "interpreted module cut short":  # units.py runs from the build as source
+        units = copy / "detectors" / "units.py"
+        text = units.read_text()
+        units.write_text(text[:len(text) // 2])
+        return "detectors/units.py"
+    assert how == "compiled module deleted"
+    phases = next((copy / "detectors").glob("phases.*.so"))
+    phases.unlink()
+    return phases.relative_to(copy).as_posix()
+
+
+@pytest.mark.parametrize("how", ["shared library cut short",
+                                 "shared library bytes changed in place",
+                                 "interpreted module cut short", "compiled module deleted"])
+def test_a_damaged_build_is_treated_like_a_stale_one(compiled_build: Path, tmp_path: Path,
+                                                     how: str) -> None:
+    """The stamp covers the build's own files (size and SHA-256 of each, recorded when the
+    build finished): a damaged build is never imported (a damaged extension can crash the
+    process rather than raise ImportError). ``auto`` runs interpreted and says so in one line;
+    ``compiled`` is a one-line error, exit 2; ``make engine`` (``ensure``) rebuilds it, as it
+    rebuilds whatever ``build_status`` refuses."""
+    copy, _ = _copy_of_the_build(compiled_build, tmp_path)
+    damaged = _damage(copy, how)
+    why_not = engine.build_status(copy, ROOT / "detectors")
+    assert why_not is not None and "damaged" in why_not and damaged in why_not
+    done = _clsmon_in_child(copy, ROOT / "detectors", "auto")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (f"{engine.INTERPRETED_LABEL} "
+                                            f"{ROOT / 'detectors' / 'phases.py'}")
+    assert done.stderr.count("\n") == 1 and "damaged" in done.stderr, done.stderr
+    assert "make engine" in done.stderr and "using the interpreted engine" in done.stderr
+    refused = _clsmon_in_child(copy, ROOT / "detectors", "compiled")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "damaged" in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("clsmon: error: CLSMON_ENGINE=compiled: ")
+
+
+def test_any_exception_importing_the_build_falls_back_in_one_line(compiled_build: Path,
+                                                                   tmp_path: Path) -> None:
+    """A build whose files are the ones recorded but whose import raises something other than
+    ImportError (here a module of the build raising RuntimeError, re-stamped so that the file
+    check passes): ``auto`` falls back to the source tree in one line, no traceback;
+    ``compiled`` is a one-line error, exit 2."""
+    copy, _ = _copy_of_the_build(compiled_build, tmp_path)
+    units = copy / "detectors" / "units.py"
+    units.write_text('raise RuntimeError("a module that fails\\nat import")\n')
+    built = engine.Stamp.read(copy)
+    assert built is not None
+    engine.Stamp(built.sources, built.python, engine.inventory(copy)).write(copy)
+    assert engine.build_status(copy, ROOT / "detectors") is None
+    done = _clsmon_in_child(copy, ROOT / "detectors", "auto")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (f"{engine.INTERPRETED_LABEL} "
+                                            f"{ROOT / 'detectors' / 'phases.py'}")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "did not load (RuntimeError: a module that fails at import)" in done.stderr
+    assert "Traceback" not in done.stderr
+    refused = _clsmon_in_child(copy, ROOT / "detectors", "compiled")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "RuntimeError" in refused.stderr
+
+
 def test_clsmon_compiled_without_a_build_is_a_one_line_error(tmp_path: Path) -> None:
     """``CLSMON_ENGINE=compiled`` where no build exists (here: a Python whose prefix has none)."""
     done = subprocess.run(
