@@ -1,6 +1,7 @@
 """The compiled engine (``streams.ops.engine``): ``clsmon`` runs ``detectors/`` compiled by mypyc
 when an up-to-date build exists, with the alerts and rejects of the interpreted engine, byte for
-byte; a stale build is never used; the test process itself runs the source tree.
+byte; a stale or damaged build is never used, and a missing one is named only where that tells
+the user something; the test process itself runs the source tree.
 
 The build is made by ``make install`` / ``make engine`` (``make test`` depends on it). Where no C
 compiler or no Python headers exist, the tests that need it skip saying so; where they exist, a
@@ -13,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,21 +26,10 @@ from streams.ops import engine
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _compiler_missing() -> str | None:
-    """Why mypyc cannot build here (no C compiler, no Python headers), or None."""
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(cc) is None:
-        return f"no C compiler ({cc!r} is not on PATH)"
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if not headers.exists():
-        return f"no Python headers ({headers} is missing)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def compiled_build() -> Path:
     """The venv's compiled engine; skips (saying why) only where it cannot be built at all."""
-    missing = _compiler_missing()
+    missing = engine.compiler_missing()
     if missing:
         pytest.skip(f"compiled engine not tested: {missing}; clsmon runs interpreted here")
     why_not = engine.build_status()
@@ -326,6 +315,81 @@ def test_any_exception_importing_the_build_falls_back_in_one_line(compiled_build
     refused = _clsmon_in_child(copy, ROOT / "detectors", "compiled")
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.count("\n") == 1 and "RuntimeError" in refused.stderr
+
+
+#: a child that chooses its engine twice (as a process calling ``select`` again before
+#: importing ``detectors`` would): ARGV engine folder, sources folder
+_SELECT_TWICE = """
+import sys
+from pathlib import Path
+from streams.ops import engine
+built, sources = Path(sys.argv[1]), Path(sys.argv[2])
+print(engine.select({}, built, sources), engine.select({}, built, sources))
+"""
+
+
+def _auto_twice(built: Path, sources: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-c", _SELECT_TWICE, str(built), str(sources)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{engine.INTERPRETED_LABEL} {engine.INTERPRETED_LABEL}\n"
+    return done
+
+
+def test_a_build_deleted_after_it_was_made_is_named_once(compiled_build: Path,
+                                                          tmp_path: Path) -> None:
+    """``rm -r .venv/clsmon-engine`` after ``make install`` built it: ``auto`` runs interpreted
+    and says so in one line on stderr (not one per ``select``), with how to rebuild. The build
+    left its record beside the engine folder, and that record outlives the folder."""
+    record = engine.last_build_path(compiled_build)
+    assert record.is_file(), f"{record}: the build made no record; run `make engine`"
+    copy = tmp_path / "engine"
+    shutil.copy2(record, engine.last_build_path(copy))  # the folder itself is gone
+    done = _auto_twice(copy, ROOT / "detectors")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"clsmon: the compiled engine built in {copy} is gone; "
+                                  "using the interpreted engine")
+    assert "`make engine`" in done.stderr
+
+
+def test_no_build_where_make_install_could_not_compile_stays_quiet(tmp_path: Path) -> None:
+    """A machine without a C compiler (here: ``CC`` names none, for the build only): the build
+    fails, says so in its one line, and records it; ``clsmon`` then runs interpreted without a
+    word on every start, even in a checkout whose ``make engine`` it would otherwise suggest."""
+    checkout = tmp_path / "checkout"
+    (checkout / "detectors").mkdir(parents=True)
+    (checkout / "detectors" / "__init__.py").write_text("def twice(x: int) -> int:\n"
+                                                          "    return 2 * x\n")
+    (checkout / "Makefile").write_text("engine:\n")
+    built = tmp_path / "venv" / "clsmon-engine"
+    code = ("import sys; from pathlib import Path; from streams.ops import engine; "
+            "print(engine.build(Path(sys.argv[1]), Path(sys.argv[2])))")
+    failed = subprocess.run([sys.executable, "-c", code, str(built), str(checkout / "detectors")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CC": str(tmp_path / "no-such-cc")})
+    assert failed.returncode == 0, failed.stderr
+    assert "no-such-cc" in failed.stdout and not built.exists(), failed.stdout
+    assert engine.last_build_path(built).is_file()
+    done = _auto_twice(built, checkout / "detectors")
+    assert done.stderr == ""
+
+
+def test_no_build_ever_made_is_named_only_in_a_checkout_that_can_compile(
+        tmp_path: Path) -> None:
+    """No build and no record of one: in a checkout (a Makefile beside ``detectors/``) with a C
+    compiler and the Python headers, ``make install`` was skipped, and one line says how to
+    build; an installed package (no Makefile: ``make engine`` means nothing there) stays quiet,
+    as does a checkout where nothing can compile."""
+    none = tmp_path / "venv" / "clsmon-engine"
+    in_checkout = _auto_twice(none, ROOT / "detectors")
+    if engine.compiler_missing() is None:
+        assert in_checkout.stderr == (f"clsmon: no compiled engine in {none}; using the "
+                                      "interpreted engine (build it with `make engine`)\n")
+    else:
+        assert in_checkout.stderr == ""
+    installed = tmp_path / "site-packages" / "detectors"
+    shutil.copytree(ROOT / "detectors", installed, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _auto_twice(none, installed).stderr == ""
 
 
 def test_clsmon_compiled_without_a_build_is_a_one_line_error(tmp_path: Path) -> None:

@@ -6,23 +6,33 @@ extensions: the same code, ~1.4x the observations per CPU second of the interpre
 ``<venv>/clsmon-engine/`` (``ENGINE_DIR``), so a fresh venv or ``make clean`` removes it and the
 source tree stays what the tests import and monkeypatch:
 
-- ``build()`` (``python -m streams.ops.engine build``, run by ``make install`` / ``make
-  engine``) copies ``detectors/`` there, compiles every module but ``units.py`` (the bulk gate
-  calls its converters on whole numpy arrays, which a compiled ``float`` parameter refuses) and
-  writes a stamp: the SHA-256 of every ``detectors/**/*.py`` source, the Python it was built
-  for, and the size and SHA-256 of every file the build wrote (``inventory``). A failed build
-  leaves no engine and one line saying why; it never fails the install.
+- ``build()`` (``python -m streams.ops.engine build``; ``make install`` / ``make engine`` run
+  ``ensure``, which builds unless an intact, up-to-date build is there) copies ``detectors/``
+  there, compiles every module but ``units.py`` (the bulk gate calls its converters on whole
+  numpy arrays, which a compiled ``float`` parameter refuses) and writes a stamp: the SHA-256 of
+  every ``detectors/**/*.py`` source, the Python it was built for, and the size and SHA-256 of
+  every file the build wrote (``inventory``). A failed build leaves no engine and one line
+  saying why; it never fails the install. Either way it records its outcome beside the folder
+  (``last_build_path``).
 - ``select()``, called by ``clsmon`` before anything imports ``detectors``, reads
   ``CLSMON_ENGINE`` (``auto``, the default; ``compiled``; ``interpreted``): ``auto`` puts
   ``ENGINE_DIR`` first on ``sys.path`` only when its stamp matches the current sources and
   Python and its files are the ones the build wrote; a stale build (``detectors/`` edited since)
-  or a damaged one (a disk filled during the build, a file cut short or changed since) is never
-  used, and ``auto`` says so in one line on stderr. The files are checked before the import
-  because a damaged extension need not raise ImportError: a library cut short kills the process
-  with SIGBUS when it is mapped, one with changed bytes loads and runs them. The check reads the
-  ~3 MB build at every start (~3 ms; the sources' hash ~1.5 ms). The import is then checked: any
-  exception (not only ImportError) falls back to the source tree in one line, and the loaded
-  ``detectors.phases`` must be the extension module.
+  or a damaged one (a file cut short, e.g. by a full disk while the venv was copied, changed or
+  deleted since the build) is never used, and ``auto`` says so in one line on stderr;
+  ``compiled`` refuses to start. The files are checked before the import because a damaged
+  extension need not raise ImportError: a library cut short kills the process with SIGBUS when
+  it is mapped, one with changed bytes loads and runs them. The check reads the ~3 MB build at
+  every start: ~5 ms on these machines, on top of the sources' hash (~1.5 ms), against ~270 ms
+  for ``clsmon --version``. The import is then checked: any exception (not only ImportError)
+  falls back to the source tree in one line, and the loaded ``detectors.phases`` must be the
+  extension module.
+- No build at all, in ``auto``: the user already sees the engine named in the worker banner and
+  the replay summary, so a line on stderr is kept for when it tells something (``absent_note``):
+  none where the last build failed (``make install`` said it could not compile, once), one where
+  a build was made and is gone, and one where none was ever made in a checkout that has a C
+  compiler (``make install`` was skipped); an installed package without a build stays quiet.
+  At most one such line per process, whatever calls ``select`` again.
 
 May import: the standard library only (it runs before ``detectors`` is imported).
 """
@@ -175,9 +185,25 @@ def build_status(engine_dir: Path | None = None, source_dir: Path | None = None)
 def build(engine_dir: Path | None = None, source_dir: Path | None = None) -> str | None:
     """Compile ``source_dir`` with mypyc into ``engine_dir`` (replacing what is there only once
     the new build is complete). Returns None on success, else one line saying why it failed (no
-    C compiler, no Python headers, mypyc missing): the old build, if any, is removed then, so
-    that nothing stale stays behind."""
+    C compiler, no Python headers, mypyc missing, a full disk): the old build, if any, is
+    removed then, so that nothing stale stays behind. Either way the outcome is recorded beside
+    ``engine_dir`` (``last_build_path``), for ``select`` to tell a build that could not be made
+    from one that was made and is gone."""
     engine_dir, source_dir = engine_dir or ENGINE_DIR, source_dir or SOURCE_DIR
+    try:
+        failed = _compile(engine_dir, source_dir)
+    except OSError as exc:  # a full disk, a read-only venv: still no reason to stop
+        failed = str(exc)
+    try:
+        last_build_path(engine_dir).write_text(
+            json.dumps({"built": failed is None, "why": failed}) + "\n", encoding="utf-8")
+    except OSError:  # no record: a later start without a build may name it once, no harm
+        pass
+    return failed
+
+
+def _compile(engine_dir: Path, source_dir: Path) -> str | None:
+    """``build``'s work: None on success, else the last line mypyc printed."""
     engine_dir.parent.mkdir(parents=True, exist_ok=True)
     stamp = Stamp.current(source_dir)
     with tempfile.TemporaryDirectory(prefix="clsmon-engine.", dir=engine_dir.parent) as tmp:
@@ -200,6 +226,70 @@ def build(engine_dir: Path | None = None, source_dir: Path | None = None) -> str
             engine_dir.rename(old)
         work.rename(engine_dir)
     return None
+
+
+def last_build_path(engine_dir: Path) -> Path:
+    """Where ``build`` records its outcome: beside ``engine_dir`` (``clsmon-engine.last-build``
+    in the venv), so that the record outlives a deleted build; ``make clean`` removes both."""
+    return engine_dir.with_name(engine_dir.name + ".last-build")
+
+
+def last_build_failed(engine_dir: Path) -> bool | None:
+    """Whether the last ``build`` into ``engine_dir`` failed (True) or succeeded (False); None
+    when no build recorded its outcome (none ran, or one older than the record)."""
+    try:
+        data = json.loads(last_build_path(engine_dir).read_text(encoding="utf-8"))
+        return not bool(data["built"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def compiler_missing() -> str | None:
+    """Why mypyc cannot build here (no C compiler, honouring ``CC`` as the build does; no
+    Python headers), or None."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc!r} is not on PATH)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"no Python headers ({headers} is missing)"
+    return None
+
+
+def absent_note(engine_dir: Path, source_dir: Path) -> str | None:
+    """What ``auto`` says when ``engine_dir`` holds no build, or None to say nothing.
+
+    - The last build failed: ``make install`` already said in one line that it could not
+      compile (no C compiler) and that clsmon runs interpreted; repeating it on every start
+      would be noise: None.
+    - A build was made and is gone (the folder deleted): one line, how to rebuild.
+    - No build ever recorded: one line only in a checkout (a ``Makefile`` beside
+      ``source_dir``, where ``make engine`` means something) that can compile
+      (``compiler_missing``), i.e. ``make install`` was skipped; an installed package, or a
+      machine without a compiler, stays quiet.
+    """
+    failed = last_build_failed(engine_dir)
+    if failed:
+        return None
+    if failed is False:
+        return (f"clsmon: the compiled engine built in {engine_dir} is gone; using the "
+                f"interpreted engine (rebuild it with `{REBUILD_HINT}`)")
+    if (source_dir.parent / "Makefile").is_file() and compiler_missing() is None:
+        return (f"clsmon: no compiled engine in {engine_dir}; using the interpreted engine "
+                f"(build it with `{REBUILD_HINT}`)")
+    return None
+
+
+def _note(line: str) -> None:
+    """Prints ``line`` on stderr unless this process printed one already: whatever calls
+    ``select`` again, a user reads about the engine once."""
+    global _noted
+    if not _noted:
+        _noted = True
+        print(line, file=sys.stderr)
+
+
+_noted = False
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -244,9 +334,11 @@ def select(environ: Mapping[str, str] = os.environ, engine_dir: Path | None = No
         if mode == "compiled":
             raise EngineError(f"{ENV_VAR}=compiled: {why_not} (build it with "
                               f"`{REBUILD_HINT}`, or use {ENV_VAR}=interpreted)")
-        if engine_dir.exists():  # built, but stale or damaged: say so (absent: silent)
-            print(f"clsmon: {why_not}; using the interpreted engine (rebuild with "
-                  f"`{REBUILD_HINT}`)", file=sys.stderr)
+        note = (absent_note(engine_dir, source_dir) if not engine_dir.exists() else
+                f"clsmon: {why_not}; using the interpreted engine (rebuild with "
+                f"`{REBUILD_HINT}`)")  # built, but stale or damaged
+        if note is not None:
+            _note(note)
         return label()
     sys.path.insert(0, str(engine_dir))
     try:
@@ -262,23 +354,20 @@ def select(environ: Mapping[str, str] = os.environ, engine_dir: Path | None = No
         if mode == "compiled":
             raise EngineError(f"{ENV_VAR}=compiled: {why_not} (rebuild it with "
                               f"`{REBUILD_HINT}`)")
-        print(f"clsmon: {why_not}; using the interpreted engine (rebuild with "
-              f"`{REBUILD_HINT}`)", file=sys.stderr)
+        _note(f"clsmon: {why_not}; using the interpreted engine (rebuild with "
+              f"`{REBUILD_HINT}`)")
     return label()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m streams.ops.engine build|ensure|status``: build prints one line and exits 0
     even when the build fails (the interpreted engine is used then); ensure builds only when no
-    up-to-date build exists (a build deleted or stale for another reason than an edited
-    source, which Make cannot see); status exits 1 when no up-to-date build exists."""
+    intact, up-to-date build exists (a build deleted, damaged, or stale for another reason than
+    an edited source, which Make cannot see); status exits 1 when none exists."""
     args = sys.argv[1:] if argv is None else argv
     if args == ["build"]:
         print(f"compiling detectors/ with mypyc into {ENGINE_DIR} (~1.5 min)", flush=True)
-        try:
-            failed = build()
-        except OSError as exc:  # a full disk, a read-only venv: still no reason to stop
-            failed = str(exc)
+        failed = build()
         print(f"compiled engine ready: {ENGINE_DIR}" if failed is None else
               f"compiled engine not built ({failed}); clsmon will use the interpreted engine")
         return 0
