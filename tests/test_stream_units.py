@@ -580,3 +580,151 @@ def test_a_misrouted_record_whose_home_partition_this_worker_holds_is_merged_the
                         _obs("2026-11-25T04:20:00Z")), now=1_800_000_002.0)
     assert sample("clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 2
     assert not det.has_work(stray_partition)
+
+
+# --- a discharged patient's records resent after a crash ----------------------------------------
+
+def _context_event(names: TopicNames, pid: str, event: str, offset: int,
+                   timestamp: float) -> _Event:
+    return _Event(_Msg(names.patients, 0, offset, timestamp), pid.encode(),
+                  json.dumps({"patient_id": pid, "event": event}).encode())
+
+
+def _stay_ended(events: list[_Event], names: TopicNames, pid: str, at: int,
+                readmit_at: int | None = None) -> tuple[list[_Event], list[int]]:
+    """The cohort with ``pid`` discharged right after event ``at`` (none of its records after
+    that) and, with ``readmit_at``, admitted again right after that event (its records from
+    there on kept); with the indexes of the discharge and the admission in the list."""
+    out, adt, offset = [], [], 1 + max(e.message.offset for e in events
+                                       if e.message.topic == names.patients)
+    for i, e in enumerate(events):
+        away = at < i <= (readmit_at if readmit_at is not None else len(events))
+        if not (away and e.key == pid.encode()):
+            out.append(e)
+        if i in (at, readmit_at):
+            adt.append(len(out))
+            out.append(_context_event(names, pid, "discharge" if i == at else "admit",
+                                      offset, e.message.timestamp + 0.0005))
+            offset += 1
+    return out, adt
+
+
+def _patients_by_phase(metrics: Metrics) -> float:
+    return sum(s.value for family in metrics.registry.collect() if family.name == "clsmon_patients"
+               for s in family.samples)
+
+
+def _crash_and_resend(cfg: WorkerConfig, events: list[_Event], written: int, resend_from: int,
+                      committed: set[int]) -> tuple[Detector, Metrics, _Topic, _Topic]:
+    """A worker that wrote its state after ``events[:written]`` and crashed; a new one on its
+    table gets ``events[resend_from:]`` again but for the ``committed`` ones (the discharge,
+    whose topic committed on its own). Returns the new worker, its metrics, the alerts of both
+    and the new one's ``patient-phase`` records."""
+    table, alerts = _Table(), _Topic()
+    before = _new_detector(cfg, Metrics(), table, alerts, _Topic())
+    _feed(before, events[:written])
+    before.on_tick(0, now=events[written - 1].message.timestamp)  # state written
+    metrics, phases = Metrics(), _Topic()
+    after = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                     Outputs(alerts, _Topic(), metrics, phases))
+    _feed(after, [e for i, e in enumerate(events[resend_from:], resend_from)
+                  if i not in committed])
+    after.on_tick(0, now=events[-1].message.timestamp)
+    return after, metrics, alerts, phases
+
+
+def test_a_discharged_patients_records_resent_after_a_crash_do_not_bring_the_patient_back() -> None:
+    """The inputs commit on their own: the discharge's offset was committed, the patient's
+    vitals and labs before it were written but not committed yet, and the worker crashed. They
+    come again, onto no state: folded into a new one, a patient who had left was monitored
+    again (board, phase gauge, a silent bed later) and nothing ever discharged them. Against
+    the record the discharge left they are duplicates; the alerts are the clean run's."""
+    names = TopicNames("u.")
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    pid = "sim-0003"
+    events, (discharge,) = _stay_ended(_cohort_events(names), names, pid, at=6000)
+    clean_alerts = _Topic()
+    clean = _new_detector(cfg, Metrics(), _Table(), clean_alerts, _Topic())
+    _feed(clean, events)
+    expected = _alert_ids(clean_alerts)
+    assert clean.store.get(pid) is None and len(expected) >= 4
+    for written, resend_from in ((discharge + 1, discharge - 400), (9000, 3000)):
+        after, metrics, alerts, phases = _crash_and_resend(cfg, events, written, resend_from,
+                                                           {discharge})
+        resent = sum(e.key == pid.encode() for e in events[resend_from:discharge])
+        assert resent > 50
+        assert after.store.get(pid) is None, (written, resend_from)
+        assert _alert_ids(alerts) == expected
+        assert _patients_by_phase(metrics) == 5  # the five still in the unit
+        assert pid.encode() not in {key for key, _ in phases.sent}
+        monitored, _ = after.beds.counts(events[-1].message.timestamp, 900, 86_400)
+        assert sum(monitored.values()) == 5  # its bed is not watched for silence
+        assert sum(v for k, v in _outcomes(metrics).items() if "duplicate" in k) >= resent
+
+
+def test_a_patient_admitted_again_after_a_discharge_starts_a_fresh_stay_a_crash_keeps() -> None:
+    """A record genuinely after the discharge (a new admit, then readings) starts a fresh
+    stay, as before and as in the replay: the same state as a worker that never saw the first
+    stay. After a crash, the first stay's records that come again (their offsets were not
+    committed; the discharge's and the admission's were) are duplicates of the new stay too:
+    folded into it they mixed two admissions."""
+    names = TopicNames("u.")
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    pid = "sim-0003"
+    events, (discharge, admit) = _stay_ended(_cohort_events(names), names, pid, at=6000,
+                                             readmit_at=9000)
+    clean_alerts = _Topic()
+    clean = _new_detector(cfg, Metrics(), _Table(), clean_alerts, _Topic())
+    _feed(clean, events)
+    readmitted = clean.store.get(pid)
+    assert readmitted is not None
+    fresh = _new_detector(cfg, Metrics(), _Table(), _Topic(), _Topic())
+    _feed(fresh, [e for e in events[admit:] if e.key == pid.encode()])
+    assert fresh.store.get(pid) == readmitted  # nothing of the first stay in it
+    expected = _alert_ids(clean_alerts)
+    # the crash right after the admission was written, or once the new stay had readings
+    for written in (admit + 1, admit + 1500):
+        after, metrics, alerts, _ = _crash_and_resend(cfg, events, written, discharge - 400,
+                                                      {discharge, admit})
+        assert after.store.get(pid) == readmitted, written
+        assert _alert_ids(alerts) == expected
+        assert _patients_by_phase(metrics) == 6
+
+
+def _bed1_discharged(names: TopicNames, table: _Table, t0: float) -> None:
+    """bed1: two vitals (offsets 0 and 1), then discharged (patients offset 0), all written."""
+    det = _new_detector(WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1), Metrics(),
+                        table, _Topic(), _Topic())
+    for offset, minute in enumerate((10, 15)):
+        det.on_event(_Event(_Msg(names.vitals, 0, offset, t0 + offset), b"bed1",
+                            _obs(f"2026-11-25T04:{minute}:00Z")), now=t0 + offset)
+    det.on_event(_context_event(names, "bed1", "discharge", 0, t0 + 2), now=t0 + 2)
+    det.on_tick(0, now=t0 + 2.1)
+
+
+def test_new_readings_after_a_discharge_start_a_new_stay_that_keeps_the_old_positions() -> None:
+    """A reading after the discharge (no admit) starts a new state, as before and as in the
+    replay; it takes the discharged record's positions over, so the first stay's vitals, resent
+    after a crash, are still duplicates, and a second discharge ends it like the first."""
+    names = TopicNames("u.")
+    t0 = 1_800_000_000.0
+    table = _Table()
+    _bed1_discharged(names, table, t0)
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    metrics, phases = Metrics(), _Topic()
+    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                   Outputs(_Topic(), _Topic(), metrics, phases))
+    det.on_event(_Event(_Msg(names.vitals, 0, 2, t0 + 3), b"bed1",
+                        _obs("2026-11-25T04:20:00Z")), now=t0 + 3)
+    det.on_tick(0, now=t0 + 3.1)
+    st = det.store.get("bed1")
+    assert st is not None and st.applied == {"vitals": [2, int((t0 + 3) * 1000)],
+                                             "patients": [0, int((t0 + 2) * 1000)]}
+    assert _patients_by_phase(metrics) == 1
+    det.on_event(_Event(_Msg(names.vitals, 0, 1, t0 + 1), b"bed1",
+                        _obs("2026-11-25T04:15:00Z")), now=t0 + 3.2)  # resent
+    assert _outcomes(metrics)[("duplicate", "sbp")] == 1
+    det.on_event(_context_event(names, "bed1", "discharge", 1, t0 + 4), now=t0 + 4)
+    det.on_tick(0, now=t0 + 4.1)
+    assert det.store.get("bed1") is None and _patients_by_phase(metrics) == 0
+    assert phases.sent[-1] == (b"bed1", None)

@@ -16,7 +16,9 @@ this: they are sent at once. After a crash the unacknowledged messages come agai
 carries the position of the last record folded into it (``PatientState.applied``, written in
 the same changelog record), so a record it already holds is counted ``duplicate`` and skipped,
 and alert ids are deterministic, so downstream sees duplicates at worst, never a gap and never
-a reading counted twice.
+a reading counted twice. A discharge leaves those positions behind in a small discharged record
+(``streams.worker.store``), so a discharged patient's earlier records, resent because their
+offsets were not committed yet, are duplicates too and never bring the patient back.
 
 Ticks (``on_tick``): release messages the ordering buffer held for a silent source, and take
 the decision a lab panel is waiting for (``detectors.phases.flush``) once its patient has been
@@ -357,16 +359,20 @@ class Detector:
         msg = item.event.message
         self._last_active[pid] = now
         st = self.store.get(pid)
-        self.beds.seen(pid, getattr(st, "ward", None), now)
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
         again = redelivered.get(pid)
         if again is None:
-            again = redelivered[pid] = st is not None and already_applied(st, *position)
+            # a discharged patient has no state, only the positions it had (``positions``)
+            applied = st.applied if st is not None else self.store.positions(pid)
+            again = redelivered[pid] = applied is not None and already_applied(
+                applied, *position)
+        if st is not None or not again:  # a discharged patient's bed is not monitored
+            self.beds.seen(pid, getattr(st, "ward", None), now)
         if again:  # written with the state before the crash or rebalance that resent it
             self._counter(_label(value), "duplicate").inc()
             return
         if isinstance(value, PatientContext):
-            self._on_context(value, partition, dirty, position)
+            self._on_context(value, partition, dirty, position, now)
             return
         result = step(st, value, self.th)
         if st is None:
@@ -390,7 +396,7 @@ class Detector:
             self.outputs.phase(result.state, result.alerts)
 
     def _on_context(self, ctx: PatientContext, partition: int, dirty: set[str],
-                    position: tuple[str, int, int]) -> None:
+                    position: tuple[str, int, int], now: float) -> None:
         pid = ctx.patient_id
         before = self.store.get(pid)
         st = apply_context(before, ctx)
@@ -405,7 +411,8 @@ class Detector:
             self.outputs.alerts(flush(before, self.th), None)  # the replay does)
         self.beds.forget(pid)  # discharged: not a silent bed
         self._pending.get(partition, set()).discard(pid)
-        self.store.forget(partition, pid)
+        # its positions stay behind: its earlier records, resent, are duplicates (module doc)
+        self.store.discharge(partition, pid, *position, int(now * 1000))
         self.outputs.discharged(pid)
 
     def _counter(self, kind: str, outcome: str) -> Any:
