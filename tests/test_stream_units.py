@@ -702,6 +702,43 @@ def _bed1_discharged(names: TopicNames, table: _Table, t0: float) -> None:
     det.on_tick(0, now=t0 + 2.1)
 
 
+def test_a_discharged_record_is_no_patient_and_is_dropped_once_the_offsets_past_it_are_committed(
+        ) -> None:
+    """What a discharge keeps must not grow without bound, nor ever show as a patient: it is
+    dropped (a tombstone in the table's changelog) on a tick once every input offset it holds
+    is committed; a position whose commit this worker cannot see keeps it at most
+    ``discharged_keep_s``. A new worker on the table (a restart) finds it too."""
+    from streams.worker.store import Discharged, parse_row
+
+    names = TopicNames("u.")
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=1)
+    t0 = 1_800_000_000.0
+    table = _Table()
+    _bed1_discharged(names, table, t0)
+    row = parse_row(table.data[b"bed1"])
+    assert isinstance(row, Discharged)
+    assert row.applied == {"vitals": [1, int((t0 + 1) * 1000)],
+                           "patients": [0, int((t0 + 2) * 1000)]}
+    metrics, phases = Metrics(), _Topic()
+    restarted = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
+                         Outputs(_Topic(), _Topic(), metrics, phases))
+    heads = {names.patients: 1, names.vitals: 1}  # the last vital is not committed yet
+    restarted.commit_head = lambda topic, partition: heads.get(topic)
+    restarted.on_tick(0, now=t0 + 3)
+    assert b"bed1" in table.data and _patients_by_phase(metrics) == 0 and phases.sent == []
+    heads[names.vitals] = 2  # it is: nothing the record guards can come again
+    restarted.on_tick(0, now=t0 + 4)
+    assert b"bed1" not in table.data and table.changelog[-1] == (0, b"bed1", None)
+    # a position this worker cannot place (a commit not known): kept, until it is too old
+    _bed1_discharged(names, table, t0)
+    restarted = _new_detector(cfg, Metrics(), table, _Topic(), _Topic())
+    restarted.commit_head = lambda topic, partition: None
+    restarted.on_tick(0, now=t0 + 2 + cfg.discharged_keep_s - 1)
+    assert b"bed1" in table.data
+    restarted.on_tick(0, now=t0 + 3 + cfg.discharged_keep_s)
+    assert b"bed1" not in table.data
+
+
 def test_new_readings_after_a_discharge_start_a_new_stay_that_keeps_the_old_positions() -> None:
     """A reading after the discharge (no admit) starts a new state, as before and as in the
     replay; it takes the discharged record's positions over, so the first stay's vitals, resent

@@ -925,6 +925,27 @@ def holds_probe(app: faust.App, topic: str) -> Callable[[int], bool]:
     return holds
 
 
+def commit_head_probe(app: faust.App) -> Callable[[str, int], int | None]:
+    """``commit_head(topic, partition)``: the first offset of that partition not committed yet
+    (``_Consumer.commit_head``: Faust's record of its last commit, read from the broker at
+    every assignment), None when this consumer does not hold it or does not know; never
+    raises."""
+    from faust.types import TP
+
+    def commit_head(topic: str, partition: int) -> int | None:
+        try:
+            app_consumer: Any = app.consumer
+            tp = TP(topic, partition)
+            if tp not in app_consumer.assignment():
+                return None
+            head = app_consumer.commit_head(tp)
+            return None if head is None else int(head)
+        except Exception:  # noqa: BLE001 - not known: the caller keeps what it guards
+            return None
+
+    return commit_head
+
+
 def undecodable_probe(app: faust.App) -> Callable[[str, int, int], UndecodableBatch | None]:
     """``probe(topic, partition, offset)``: the undecodable batch a delivered message stands
     for (6. in ``streams.kafka.records``), taken once; None for a real record."""

@@ -54,6 +54,11 @@ class WorkerConfig:
     silent_after_s: float = 900.0
     #: a bed silent this long is forgotten (a patient nobody discharged) [D]: one day
     silent_expire_s: float = 86_400.0
+    #: a discharged patient's record (``streams.worker.store``) is dropped once the input
+    #: offsets past it are committed, at the latest after this long [D]: 7 days, Kafka's default
+    #: ``offsets.retention.minutes``: a group stopped for longer loses its commits and reads
+    #: again from ``auto.offset.reset``, which no record of positions can tell from new data
+    discharged_keep_s: float = 7 * 86_400.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -18,7 +18,8 @@ the same changelog record), so a record it already holds is counted ``duplicate`
 and alert ids are deterministic, so downstream sees duplicates at worst, never a gap and never
 a reading counted twice. A discharge leaves those positions behind in a small discharged record
 (``streams.worker.store``), so a discharged patient's earlier records, resent because their
-offsets were not committed yet, are duplicates too and never bring the patient back.
+offsets were not committed yet, are duplicates too and never bring the patient back; the
+record is dropped on a tick once the input offsets past it are committed (``commit_head``).
 
 Ticks (``on_tick``): release messages the ordering buffer held for a silent source, and take
 the decision a lab panel is waiting for (``detectors.phases.flush``) once its patient has been
@@ -71,6 +72,7 @@ class Detector:
         #: (``PatientState.applied``): the role, not the topic, so a prefix is not repeated
         self._sources = {self.names.vitals: "vitals", self.names.labs: "labs",
                          self._patients: "patients", self.names.interventions: "interventions"}
+        self._topic_of = {source: topic for topic, source in self._sources.items()}
         self._interventions = self.names.interventions
         self.store = store
         self.outputs = outputs
@@ -98,6 +100,10 @@ class Detector:
         #: among the home partition's records is then the arrival order: forwarded, it would
         #: reach the log later than its timestamp); None: always forwarded
         self.holds: Callable[[int], bool] | None = None
+        #: ``(topic, partition) -> offset | None``: the first offset of that input partition
+        #: not committed yet (None: not known here); a discharged record is dropped once every
+        #: position it holds is below it (``StateStore.settle``); None: only by age
+        self.commit_head: Callable[[str, int], int | None] | None = None
         self._buffered = -1  # the last value of clsmon_ordering_buffer_messages
         #: event time (ms) of the last observation processed by the running release, for
         #: clsmon_event_time_lag_seconds (set once per release, not per message: a lock each)
@@ -227,6 +233,8 @@ class Detector:
         persist the state changed since the last tick."""
         self._release(partition, now)
         self._persist(partition)
+        self.store.settle(partition, self._commit_head_of, int(now * 1000),
+                          int(self.cfg.discharged_keep_s * 1000))
         merge = self._merges.get(partition)
         if merge is not None and len(merge):
             # messages of this partition are still held (a silent topic's grace, or one whose
@@ -414,6 +422,15 @@ class Detector:
         # its positions stay behind: its earlier records, resent, are duplicates (module doc)
         self.store.discharge(partition, pid, *position, int(now * 1000))
         self.outputs.discharged(pid)
+
+    def _commit_head_of(self, source: str, partition: int) -> int | None:
+        """``commit_head`` for a source name as stored in ``PatientState.applied`` (a role;
+        ``role@n`` for a misrouted record of partition n merged here); None when not known."""
+        role, at, other = source.partition("@")
+        topic, probe = self._topic_of.get(role), self.commit_head
+        if topic is None or probe is None:
+            return None
+        return probe(topic, int(other) if at else partition)
 
     def _counter(self, kind: str, outcome: str) -> Any:
         """``clsmon_observations_total{kind, outcome}``'s child, looked up once per pair

@@ -19,13 +19,23 @@ starts a fresh state, as in the replay; the fresh state takes the positions over
 earlier records, resent later still, stay duplicates.
 
 A discharged record is never a patient: ``get`` returns None for it, the phase counts skip it,
-and nothing of it goes to ``patient-phase`` (the discharge's tombstone stays the last word).
+and nothing of it goes to ``patient-phase`` (the discharge's tombstone stays the last word). It
+is dropped (a tombstone in the table) by ``settle``: once every position it holds is below its
+partition's committed offset no record it guards can be delivered again (a restarted worker and
+a rebalanced one begin at the commit), so from then on it only costs memory; a position whose
+commit the worker cannot see (a misrouted record's partition now held by another worker, a
+topic created again with lower offsets) keeps it at most ``WorkerConfig.discharged_keep_s``.
+Not a time alone: a worker down for a weekend gets the uncommitted records again when it comes
+back, however long after the discharge. The check runs on the partition's ticks
+(``Detector.on_tick``), so a partition that has gone quiet keeps its few until it has work
+again (a tick is a broker record: none is sent for this alone).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +73,9 @@ class Discharged:
     """What the table keeps of a discharged patient (module doc): never shown as a patient.
 
     ``applied``: the positions of every record folded in up to and including the discharge;
-    ``partition``: the partition it is written to (the patient's home partition);
-    ``discharged_at_ms``: the worker's wall clock when it took the discharge."""
+    ``partition``: the partition it is written to (the patient's home partition, whose input
+    offsets ``settle`` compares); ``discharged_at_ms``: the worker's wall clock when it took
+    the discharge (for ``discharged_keep_s``)."""
 
     patient_id: str
     partition: int
@@ -75,6 +86,16 @@ class Discharged:
         return json.dumps({"pid": self.patient_id, "discharged_at_ms": self.discharged_at_ms,
                            "partition": self.partition, "applied": self.applied},
                           separators=(",", ":")).encode()
+
+    def settled(self, commit_head: Callable[[str, int], int | None]) -> bool:
+        """True when no record it guards can come again: every position is below
+        ``commit_head(source, partition)``, the first uncommitted offset of that source's
+        partition (None: not known here, so not settled)."""
+        for source, (offset, _) in self.applied.items():
+            head = commit_head(source, self.partition)
+            if head is None or offset >= head:
+                return False
+        return True
 
 
 def parse_row(raw: bytes) -> PatientState | Discharged:
@@ -174,6 +195,26 @@ class StateStore:
         key, value = pid.encode(), marker.to_json()
         self.table.data[key] = value
         self.table.send_changelog(partition, key, value)
+
+    def settle(self, partition: int, commit_head: Callable[[str, int], int | None],
+               now_ms: int, keep_ms: int) -> int:
+        """Drop the discharged records of ``partition`` that ``Discharged.settled`` says no
+        redelivery can need any more, or that are older than ``keep_ms`` (module doc); returns
+        how many were dropped."""
+        self._scan()
+        dropped = 0
+        for pid, gone in list(self._discharged.items()):
+            if gone.partition != partition:
+                continue
+            if now_ms - gone.discharged_at_ms < keep_ms and not gone.settled(commit_head):
+                continue
+            del self._discharged[pid]
+            key = pid.encode()
+            if self.table.data.get(key) is not None:
+                del self.table.data[key]
+                self.table.send_changelog(partition, key, None)
+            dropped += 1
+        return dropped
 
     def clear(self) -> None:
         """Partitions are moving: drop the cache (the table is re-read on demand)."""
