@@ -32,7 +32,9 @@ Layout (short keys because the changelog stores this once per update):
   folded into this state. Opaque to the engine: the stream worker writes it with the state in
   one changelog write and skips a redelivered record at or before it
   (``streams.worker.store.already_applied``), so at-least-once delivery never folds a
-  reading in twice, however many came again after a crash (``seen`` alone remembers 8);
+  reading in twice, however many came again after a crash (``seen`` alone remembers 8); a
+  discharge leaves it behind in the worker's discharged record, so a discharged patient's
+  records resent after a crash do not start a new state (``streams.worker.store``);
 - ``late``: ``[count, t]``: blood-pressure readings that came too late for the hypotension rule
   (``Thresholds.bp_late_horizon_min`` behind ``max_t``) and the event time of the latest of them;
   the patient's alerts show it, so a reading left out of detection is never left out silently.
