@@ -126,8 +126,9 @@ class StateStore:
         self._discharged: dict[str, Discharged] = {}
         self._phase_of: dict[str, str] = {}
         self._phases_dirty = True
-        #: the table was read whole since the cache was last dropped (``_scan``)
-        self._scanned = False
+        #: ``settle`` read the table whole since the cache was last dropped (it runs from the
+        #: stream, so after the table's recovery; a timer's gauge refresh may come during one)
+        self._settle_scanned = False
 
     def get(self, pid: str) -> PatientState | None:
         """The patient's state (cached, else read from the table), or None for a new or a
@@ -201,7 +202,9 @@ class StateStore:
         """Drop the discharged records of ``partition`` that ``Discharged.settled`` says no
         redelivery can need any more, or that are older than ``keep_ms`` (module doc); returns
         how many were dropped."""
-        self._scan()
+        if not self._settle_scanned:
+            self._scan()
+            self._settle_scanned = True
         dropped = 0
         for pid, gone in list(self._discharged.items()):
             if gone.partition != partition:
@@ -222,14 +225,11 @@ class StateStore:
         self._discharged.clear()
         self._phase_of.clear()
         self._phases_dirty = True
-        self._scanned = False
+        self._settle_scanned = False
 
     def _scan(self) -> None:
-        """Read the table whole once after the cache was dropped (a start, a rebalance): the
-        phase of every patient and every discharged record."""
-        if self._scanned:
-            return
-        self._scanned = True
+        """Read the table whole: the phase of every patient and every discharged record."""
+        self._phases_dirty = True
         for raw in list(self.table.data.values()):
             if not raw:
                 continue
@@ -247,7 +247,8 @@ class StateStore:
         Discharged patients are not patients here."""
         if not self._phases_dirty:
             return None
-        self._scan()
+        if not self._phase_of:  # after a start or a rebalance
+            self._scan()
         self._phases_dirty = False
         counts = Counter(self._phase_of.values())
         return Counter({phase: counts.get(phase, 0) for phase in PHASES})
