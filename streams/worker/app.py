@@ -2,7 +2,8 @@
 the timers that keep it moving.
 
 One agent reads ``patients``, ``vitals``, ``labs`` (co-partitioned by patient_id) and the
-worker's own ``ticks`` topic, and hands every message to ``streams.worker.detector.Detector``.
+worker's own ``ticks`` topic, and hands every message to ``streams.worker.detector.Detector``:
+a fetched batch at a time, through an in-memory channel (``streams.kafka.consumer``, 11.).
 The agent reads with acknowledgements off: the detector acknowledges a message only after its
 effects were handed to the producer, and Faust flushes the producer before it commits offsets.
 
