@@ -559,7 +559,8 @@ def test_a_misrouted_record_whose_home_partition_this_worker_holds_is_merged_the
     cfg = WorkerConfig(topic_prefix="u.", grace_ms=0, partitions=3)
     det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table),
                    Outputs(alerts, dead, metrics, input_topics={"u.vitals": vitals}))
-    det.holds = lambda partition: True
+    det.held = lambda: frozenset({0, 1, 2})
+    det.caught_up = lambda source, partition: 1_800_000_100_000  # nothing more anywhere
     home = HomePartitions(3).of(b"bed1")
     stray_partition = (home + 1) % 3
     stray = _Event(_Msg("u.vitals", partition=stray_partition, offset=4), b"bed1", _obs())
@@ -765,3 +766,51 @@ def test_new_readings_after_a_discharge_start_a_new_stay_that_keeps_the_old_posi
     det.on_tick(0, now=t0 + 4.1)
     assert det.store.get("bed1") is None and _patients_by_phase(metrics) == 0
     assert phases.sent[-1] == (b"bed1", None)
+
+
+def test_a_lab_waits_for_the_vitals_another_held_partition_may_still_bring() -> None:
+    """A breaker's finding: with misrouted vitals merged at home, a vital misrouted from one
+    partition with a later time said "vitals have moved past" for the whole merge, and a lab
+    was released ahead of the same patient's earlier vitals still on another partition (a live
+    feed of a CRC32 monitor gateway and a murmur2 lab system: 11,860 vitals merged behind,
+    5,112 late). Each other partition the worker holds must have passed the lab's time."""
+    from streams.kafka.topics import HomePartitions
+
+    metrics, table, alerts, dead = Metrics(), _Table(), _Topic(), _Topic()
+    cfg = WorkerConfig(topic_prefix="u.", grace_ms=300, partitions=3)
+    det = Detector(cfg, DEFAULT_THRESHOLDS, metrics, StateStore(table), Outputs(alerts, dead,
+                                                                                  metrics))
+    home = HomePartitions(3).of(b"bed1")
+    ahead, behind = (home + 1) % 3, (home + 2) % 3
+    det.held = lambda: frozenset({0, 1, 2})
+    caught: dict[int, int] = {home: 1_800_000_100_000, ahead: 1_800_000_100_000}
+    det.caught_up = lambda source, partition: caught.get(partition)
+    t0 = 1_800_000_000.0
+    lab_doc = {"patient_id": "bed1", "kind": "albumin", "value": 3.5, "unit": "g/dL",
+               "observed_at": "2026-11-25T04:30:00Z"}
+    lab = _Event(_Msg("u.labs", home, 0, t0 + 10), b"bed1", json.dumps(lab_doc).encode())
+    late_vital = _Event(_Msg("u.vitals", ahead, 0, t0 + 20), b"bed1",
+                        _obs("2026-11-25T04:40:00Z"))
+    det.on_batch([lab, late_vital], now=t0 + 30)
+    processed = metrics.registry.get_sample_value
+    assert processed("clsmon_observations_total", {"kind": "albumin", "outcome": "accepted"}) \
+        is None  # the partition "behind" may still hold an earlier vital of the patient
+    early_vital = _Event(_Msg("u.vitals", behind, 0, t0 + 5), b"bed1",
+                         _obs("2026-11-25T04:20:00Z"))
+    det.on_batch([early_vital], now=t0 + 31)
+    caught[behind] = 1_800_000_100_000  # that partition holds nothing more
+    det.on_tick(home, now=t0 + 32)
+    assert processed("clsmon_observations_total", {"kind": "albumin", "outcome": "accepted"}) == 1
+    assert processed("clsmon_observations_total", {"kind": "sbp", "outcome": "accepted"}) == 2
+    assert not processed("clsmon_merged_behind_total", {"topic": "u.vitals"})
+    assert not processed("clsmon_observations_total", {"kind": "sbp", "outcome": "late"})
+
+
+def test_a_foreign_message_says_nothing_of_how_far_its_sources_own_log_has_come() -> None:
+    """A misrouted vital merged here came from another partition's log: its time must not
+    let a lab pass ahead of vitals this partition's own log may still bring."""
+    for foreign, released in ((True, []), (False, ["lab"])):
+        m: PartitionMerge[str] = PartitionMerge(["v", "l"], 300, 0)
+        m.push("l", 10_000, 0, "lab", 10_000)
+        m.push("v", 20_000, 0, "vital from elsewhere", 20_000, foreign=foreign)
+        assert m.pop_ready(20_001, lambda source: None) == released

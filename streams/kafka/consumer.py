@@ -887,42 +887,34 @@ def on_revoked(app: faust.App, receiver: Callable[..., Awaitable[None]]) -> None
 
 def caught_up_probe(app: faust.App, guard: StallGuard) -> Any:
     """``probe(topic, partition) -> int | None``: ``_ConsumerThread.caught_up_at`` for this
-    app's consumer and what its agent received (``guard``); with ``partition`` None, the
-    earliest of every partition of ``topic`` assigned to this consumer (None when any is
-    not known to be caught up); never raises (unknown: None)."""
+    app's consumer and what its agent received (``guard``); never raises (unknown: None)."""
     from faust.types import TP
 
-    def probe(topic: str, partition: int | None) -> int | None:
+    def probe(topic: str, partition: int) -> int | None:
         try:
+            tp = TP(topic, partition)
             app_consumer: Any = app.consumer
             thread: _ConsumerThread = app_consumer._thread
-            tps = ([TP(topic, partition)] if partition is not None else
-                   [tp for tp in app_consumer.assignment() if tp.topic == topic])
-            earliest = None
-            for tp in tps:
-                at = thread.caught_up_at(tp, guard.received_next(tp))
-                if at is None:
-                    return None
-                earliest = at if earliest is None else min(earliest, at)
-            return earliest
+            return thread.caught_up_at(tp, guard.received_next(tp))
         except Exception:  # noqa: BLE001 - e.g. no consumer yet: not known to be caught up
             return None
 
     return probe
 
 
-def holds_probe(app: faust.App, topic: str) -> Callable[[int], bool]:
-    """``holds(partition)``: is that partition of ``topic`` assigned to this consumer?"""
-    from faust.types import TP
+def held_probe(app: faust.App, topic: str) -> Callable[[], frozenset[int]]:
+    """``held()``: the partitions of ``topic`` assigned to this consumer (none when not
+    known: a misrouted record is then forwarded, always correct, maybe late)."""
 
-    def holds(partition: int) -> bool:
+    def held() -> frozenset[int]:
         try:
             app_consumer: Any = app.consumer
-            return TP(topic, partition) in app_consumer.assignment()
-        except Exception:  # noqa: BLE001 - not known: forward (always correct, maybe late)
-            return False
+            return frozenset(tp.partition for tp in app_consumer.assignment()
+                             if tp.topic == topic)
+        except Exception:  # noqa: BLE001
+            return frozenset()
 
-    return holds
+    return held
 
 
 def commit_head_probe(app: faust.App) -> Callable[[str, int], int | None]:

@@ -76,7 +76,7 @@ def build(cfg: WorkerConfig, metrics: Metrics | None = None) -> Worker:
                            metrics.rereads, idle=lambda tp: not detector.has_work(tp.partition))
     detector.caught_up = consumer.caught_up_probe(app, guard)
     detector.undecodable = consumer.undecodable_probe(app)
-    detector.holds = consumer.holds_probe(app, names.vitals)  # co-partitioned: one stands for all
+    detector.held = consumer.held_probe(app, names.vitals)  # co-partitioned: one stands for all
     detector.commit_head = consumer.commit_head_probe(app)
 
     # the inputs reach the agent as batches (streams.kafka.consumer, 11.): Faust's path per

@@ -49,6 +49,8 @@ from streams.worker.outputs import Outputs
 from streams.worker.store import StateStore, already_applied, mark_applied
 
 log = logging.getLogger(__name__)
+_NEVER = -(2**62)
+_ALWAYS = 2**62
 
 
 @dataclass(slots=True)
@@ -87,19 +89,23 @@ class Detector:
         self.beds = SilentBeds()
         self._bed_wards: set[str] = set()
         self._beds_counted = 0.0
-        #: ``(topic, partition | None) -> ms | None``: when the consumer last saw that
-        #: partition (None: every partition of the topic this worker holds) hold nothing this
-        #: worker has not received (``streams.worker.ordering``); set by
+        #: ``(topic, partition) -> ms | None``: when the consumer last saw that partition hold
+        #: nothing this worker has not received (``streams.worker.ordering``); set by
         #: ``streams.worker.app.build`` from the consumer
-        self.caught_up: Callable[[str, int | None], int | None] | None = None
+        self.caught_up: Callable[[str, int], int | None] | None = None
         #: ``(topic, partition, offset) -> UndecodableBatch | None``: the record batch a
         #: message without key and value stands for (``streams.kafka.records``)
         self.undecodable: Callable[[str, int, int], Any] | None = None
-        #: ``partition -> bool``: does this worker hold that partition of the inputs? A
-        #: misrouted record whose home partition it holds is merged there at once (its order
-        #: among the home partition's records is then the arrival order: forwarded, it would
-        #: reach the log later than its timestamp); None: always forwarded
-        self.holds: Callable[[int], bool] | None = None
+        #: ``() -> partitions``: the input partitions this worker holds (read once per
+        #: batch). A misrouted record whose home partition it holds is merged there at once
+        #: (forwarded, it would reach the log later than its timestamp, after records sent
+        #: after it), and each merge then waits for the other held partitions of every source
+        #: too (``_frontier``); None: misrouted records are always forwarded
+        self.held: Callable[[], frozenset[int]] | None = None
+        self._held: frozenset[int] = frozenset()
+        #: per input partition ``(topic, partition)``, the latest (clamped) timestamp taken
+        #: from it: nothing earlier can still come from that log (``_frontier``)
+        self._taken: dict[tuple[str, int], int] = {}
         #: ``(topic, partition) -> offset | None``: the first offset of that input partition
         #: not committed yet (None: not known here); a discharged record is dropped once every
         #: position it holds is below it (``StateStore.settle``); None: only by age
@@ -122,6 +128,8 @@ class Detector:
         same records in the same order as message by message (the merge orders what it
         holds, and holding more only gives it more to order), for a fraction of the cost."""
         now = time.time() if now is None else now
+        if self.held is not None:
+            self._held = self.held()
         touched: set[int] = set()
         ticks: list[Any] = []
         take, ticks_topic = self._take, self._ticks
@@ -157,14 +165,18 @@ class Detector:
             topic = msg.topic
             if event.value is None and self._undecodable(event):
                 return None
-            key = event.key
             partition = msg.partition
+            ts_ms, now_ms = _ts_ms(msg, now), int(now * 1000)
+            if ts_ms - now_ms > self.cfg.grace_ms:  # clamped as the merge clamps it
+                ts_ms = now_ms
+            if ts_ms > self._taken.get((topic, partition), _NEVER):
+                self._taken[(topic, partition)] = ts_ms
+            key = event.key
             if key is not None:
                 home = self._home.of(key)
                 if home != partition:  # never split a patient
                     self.metrics.misrouted.labels(topic).inc()
-                    holds = self.holds
-                    if holds is None or not holds(home):
+                    if self.held is None or home not in self._held:
                         self.outputs.forward(event, home)
                         return None
                     partition = home  # merged there, in arrival order with the rest of it
@@ -184,8 +196,8 @@ class Detector:
                     return None
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(partition, now)
-            arrival = merge.push(topic, _ts_ms(msg, now), msg.offset, item,
-                                 int(now * 1000), key)
+            arrival = merge.push(topic, _ts_ms(msg, now), msg.offset, item, now_ms, key,
+                                 foreign=partition != msg.partition)
             if arrival:
                 if arrival & Arrival.CLAMPED:
                     self.metrics.future_timestamps.labels(topic).inc()
@@ -262,6 +274,7 @@ class Detector:
         self._dirty.clear()
         self._unacked.clear()
         self._held_for.clear()
+        self._taken.clear()
         self._pending.clear()
         self.store.clear()
         # the beds of revoked partitions are another worker's now: stop reporting them here,
@@ -302,11 +315,9 @@ class Detector:
         if merge is None:
             return
         probe = self.caught_up
-        # a source counts as caught up for this merge only when every partition of it this
-        # worker holds is: a misrouted record for this partition may still come from another
-        # (``holds``); so the probe is asked about the topic as a whole (partition None)
-        items = merge.pop_ready(int(now * 1000), None if probe is None
-                                else lambda source: probe(source, None))
+        items = merge.pop_ready(
+            int(now * 1000), None if probe is None else lambda source: probe(source, partition),
+            None if len(self._held) < 2 else lambda source: self._frontier(source, partition))
         if not items:
             self._update_buffered()
             return
@@ -330,6 +341,23 @@ class Detector:
         if len(done) >= self.cfg.write_batch:
             self._persist(partition)
         self._update_buffered()
+
+    def _frontier(self, source: str, partition: int) -> int:
+        """The timestamp (ms) before which no other held partition of ``source`` can still
+        bring a misrouted record for ``partition``'s merge: per partition, the later of the
+        latest timestamp taken from it (its log is in timestamp order) and its caught-up time
+        less the grace (``streams.worker.ordering``); the earliest of those."""
+        probe, grace, taken = self.caught_up, self.cfg.grace_ms, self._taken
+        bound = _ALWAYS
+        for other in self._held:
+            if other == partition:
+                continue
+            at = None if probe is None else probe(source, other)
+            passed = max(taken.get((source, other), _NEVER),
+                         _NEVER if at is None else at - grace)
+            if passed < bound:
+                bound = passed
+        return bound
 
     def _update_buffered(self) -> None:
         # once per message: set the gauge (a lock) only when the count changed

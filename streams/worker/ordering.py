@@ -60,6 +60,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _NEVER = -(2**62)
+_ALWAYS = 2**62
 #: how long a patient's latest released timestamp is remembered (1 h: a message arriving later
 #: than that behind the partition's merge is flagged whoever it belongs to), and how many
 #: patients a partition remembers before forgetting the old ones
@@ -68,6 +69,9 @@ _KEYS_BEFORE_PRUNING = 4_096
 
 #: ``caught_up(source) -> ms or None``: when the source was last seen to hold nothing more
 CaughtUp = Callable[[str], "int | None"]
+#: ``frontier(source) -> ms``: nothing before it can still come from the source's other
+#: partitions (``PartitionMerge.pop_ready``)
+Frontier = Callable[[str], int]
 
 
 class Arrival(enum.IntFlag):
@@ -105,7 +109,7 @@ class PartitionMerge(Generic[T]):
         return len(self._heap)
 
     def push(self, source: str, ts_ms: int, offset: int, item: T, now_ms: int,
-             key: object = None) -> Arrival:
+             key: object = None, foreign: bool = False) -> Arrival:
         """Buffer one message of ``source`` (its producer timestamp and offset) that arrived
         at ``now_ms``. A timestamp ahead of ``now_ms`` by more than ``grace_ms`` is clamped to
         ``now_ms`` (``Arrival.CLAMPED``: a skewed clock, worth counting); a smaller lead is kept
@@ -113,7 +117,12 @@ class PartitionMerge(Generic[T]):
         later message of the same ``key`` (the patient: only one patient's order matters, and
         a producer stamps each patient's messages in increasing order, not the whole
         partition's) was already released, so the grace did not cover this one's way to the
-        log (worth counting: its readings may be late for the patient)."""
+        log (worth counting: its readings may be late for the patient).
+
+        ``foreign``: the message came from another partition of ``source`` (a misrouted
+        record merged into its home partition): it is ordered with the rest, but it says
+        nothing of how far THIS partition's log of ``source`` has come (``pop_ready``'s
+        ``frontier`` speaks for the other partitions)."""
         arrival = Arrival(0)
         if ts_ms - now_ms > self._grace:
             ts_ms = now_ms
@@ -124,18 +133,26 @@ class PartitionMerge(Generic[T]):
             arrival |= Arrival.BEHIND
         heapq.heappush(self._heap,
                        (ts_ms, self._rank[source], offset, next(self._seq), key, item))
+        if foreign:
+            return arrival
         if ts_ms > self._last_ts[source]:
             self._last_ts[source] = ts_ms
         self._last_seen[source] = now_ms
         return arrival
 
-    def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None) -> list[T]:
+    def pop_ready(self, now_ms: int, caught_up: CaughtUp | None = None,
+                  frontier: Frontier | None = None) -> list[T]:
         """Every buffered message that no source can precede any more, in arrival order.
 
         ``caught_up(source)`` is asked only when a release depends on that source and the
         latest time it was seen caught up is too early for the message, and at most once per
         source and call (the consumer is read on the hot path; an empty ``patients`` topic is
         in every decision).
+
+        ``frontier(source)``, when given: the timestamp (ms) before which no OTHER partition
+        of ``source`` can still bring a message for this merge (misrouted records merged
+        here, ``push(foreign=True)``); a message at or after it waits. Asked once per source
+        and call.
         """
         out: list[T] = []
         heap = self._heap
@@ -145,7 +162,9 @@ class PartitionMerge(Generic[T]):
             caught_up = self._quiet_since(now_ms)
         by_key = self._released_by_key
         asked: dict[str, int | None] = {}
-        while heap and self._may_release(heap[0][0], heap[0][1], caught_up, asked):
+        limit = _ALWAYS if frontier is None else min(frontier(s) for s in self._rank)
+        while heap and heap[0][0] < limit and self._may_release(heap[0][0], heap[0][1],
+                                                                 caught_up, asked):
             ts, _, _, _, key, item = heapq.heappop(heap)
             if ts > self._released:
                 self._released = ts
