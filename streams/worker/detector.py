@@ -106,6 +106,8 @@ class Detector:
         #: per input partition ``(topic, partition)``, the latest (clamped) timestamp taken
         #: from it: nothing earlier can still come from that log (``_frontier``)
         self._taken: dict[tuple[str, int], int] = {}
+        #: ``_passed_by`` per input partition, for the batch or tick under way
+        self._passed: dict[tuple[str, int], int] = {}
         #: ``(topic, partition) -> offset | None``: the first offset of that input partition
         #: not committed yet (None: not known here); a discharged record is dropped once every
         #: position it holds is below it (``StateStore.settle``); None: only by age
@@ -128,6 +130,7 @@ class Detector:
         same records in the same order as message by message (the merge orders what it
         holds, and holding more only gives it more to order), for a fraction of the cost."""
         now = time.time() if now is None else now
+        self._passed.clear()
         if self.held is not None:
             self._held = self.held()
         touched: set[int] = set()
@@ -243,6 +246,7 @@ class Detector:
     def on_tick(self, partition: int, now: float) -> None:
         """Release what a silent source held back; flush lab panels of quiet patients;
         persist the state changed since the last tick."""
+        self._passed.clear()
         self._release(partition, now)
         self._persist(partition)
         self.store.settle(partition, self._commit_head_of, int(now * 1000),
@@ -347,17 +351,25 @@ class Detector:
         bring a misrouted record for ``partition``'s merge: per partition, the later of the
         latest timestamp taken from it (its log is in timestamp order) and its caught-up time
         less the grace (``streams.worker.ordering``); the earliest of those."""
-        probe, grace, taken = self.caught_up, self.cfg.grace_ms, self._taken
         bound = _ALWAYS
+        cache = self._passed
         for other in self._held:
             if other == partition:
                 continue
-            at = None if probe is None else probe(source, other)
-            passed = max(taken.get((source, other), _NEVER),
-                         _NEVER if at is None else at - grace)
+            passed = cache.get((source, other))
+            if passed is None:
+                passed = cache[(source, other)] = self._passed_by(source, other)
             if passed < bound:
                 bound = passed
         return bound
+
+    def _passed_by(self, source: str, partition: int) -> int:
+        """How far that input partition's log has come (``_frontier``); read once per batch
+        or tick (``_passed``): a later answer is only later, so an earlier one is safe."""
+        probe = self.caught_up
+        at = None if probe is None else probe(source, partition)
+        return max(self._taken.get((source, partition), _NEVER),
+                   _NEVER if at is None else at - self.cfg.grace_ms)
 
     def _update_buffered(self) -> None:
         # once per message: set the gauge (a lock) only when the count changed
