@@ -512,7 +512,8 @@ class _Consumer(faust_aiokafka.Consumer):
         dropped = self._dropped_while_seeking
         retried = self._retried
         seek_again = self._seek_again
-        batch_topics, batch_sink = _batch_route(self.transport)
+        transport = cast("_Transport", self.transport)
+        batch_topics, batch_sink = transport.batch_topics, transport.batch_sink
         batch: list[Any] = []  # messages of batch_topics fetched, not handed to the agent yet
         num_since_yield = 0
         try:
@@ -529,13 +530,11 @@ class _Consumer(faust_aiokafka.Consumer):
                         if num_since_yield > 100:
                             if batch:  # 11.: handed over before any await
                                 await self._hand_batch(batch_sink, batch)
-                                batch = []
                             await asyncio.sleep(0)
                             num_since_yield = 0
                         if seek_again and not self.seeking:
                             if batch:
                                 await self._hand_batch(batch_sink, batch)
-                                batch = []
                             await self._seek_again_now(rewinding)
                         offset = message.offset
                         if tp.topic in changelogs:
@@ -557,7 +556,6 @@ class _Consumer(faust_aiokafka.Consumer):
                                 elif retried.get(tp) != (wanted, offset):
                                     if batch:
                                         await self._hand_batch(batch_sink, batch)
-                                        batch = []
                                     retried[tp] = (wanted, offset)
                                     self.holes += 1
                                     log.info("%s[%s]: got offset %s, expected %s; reading "
@@ -581,11 +579,9 @@ class _Consumer(faust_aiokafka.Consumer):
                             self._n_acked = 0
                             if batch:
                                 await self._hand_batch(batch_sink, batch)
-                                batch = []
                             await self.commit()
                         if batch:
                             await self._hand_batch(batch_sink, batch)
-                            batch = []
                         if tp.topic not in changelogs and self._agent_buffer_full(tp):
                             # 5. in the module doc: a full buffer waits here once, not per
                             # message; a rebalance interrupts it (then as Faust would)
@@ -597,7 +593,6 @@ class _Consumer(faust_aiokafka.Consumer):
                             expect[tp] = offset + 1
                     if batch:
                         await self._hand_batch(batch_sink, batch)
-                        batch = []
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
@@ -619,9 +614,12 @@ class _Consumer(faust_aiokafka.Consumer):
             unset_flag(_CONSUMER_FETCHING)
 
     async def _hand_batch(self, sink: Any, batch: list[Any]) -> None:
-        """Hand a batch of stream messages to the agent (11. in the module doc); a rebalance
-        interrupts a hand-over that waits for room (the seek reads them again)."""
-        await self.wait_first(sink(batch, self.app.consumer_generation_id),
+        """Hand the collected stream messages to the agent and empty ``batch`` (11. in the
+        module doc); a rebalance interrupts a hand-over that waits for room (the seek reads
+        them again)."""
+        messages = batch[:]
+        batch.clear()
+        await self.wait_first(sink(messages, self.app.consumer_generation_id),
                               self.suspend_flow.wait())
 
     def _agent_buffer_full(self, tp: Any) -> bool:
@@ -664,7 +662,8 @@ class _Consumer(faust_aiokafka.Consumer):
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
-    #: topics whose messages go to ``batch_sink`` in batches instead of one by one (11.)
+    #: topics whose messages go to ``batch_sink`` in batches instead of one by one (11.;
+    #: set together by ``deliver_in_batches``, empty without it)
     batch_topics: frozenset[str] = frozenset()
     batch_sink: Callable[[list[Any], int], Coroutine[Any, Any, None]] | None = None
 
@@ -701,11 +700,6 @@ def received(app: faust.App, batch: list[Any], guard: StallGuard) -> list[Delive
     for tp in {message.tp for message in batch}:
         inbound[tp] = now
     return out
-
-
-def _batch_route(transport: Any) -> tuple[frozenset[str], Any]:
-    sink = getattr(transport, "batch_sink", None)
-    return (frozenset(), None) if sink is None else (transport.batch_topics, sink)
 
 
 def deliver_in_batches(app: faust.App, topics: set[str], channel: Any) -> None:

@@ -44,7 +44,7 @@ from streams.worker.beds import SilentBeds
 from streams.worker.config import WorkerConfig
 from streams.worker.ingest import INTERVENTION, Mapped, Refused, ingest
 from streams.worker.metrics import Metrics
-from streams.worker.ordering import Arrival, PartitionMerge
+from streams.worker.ordering import Arrival, PartitionMerge, clamped
 from streams.worker.outputs import Outputs
 from streams.worker.store import StateStore, already_applied, mark_applied
 
@@ -170,10 +170,9 @@ class Detector:
                 return None
             partition = msg.partition
             ts_ms, now_ms = _ts_ms(msg, now), int(now * 1000)
-            if ts_ms - now_ms > self.cfg.grace_ms:  # clamped as the merge clamps it
-                ts_ms = now_ms
-            if ts_ms > self._taken.get((topic, partition), _NEVER):
-                self._taken[(topic, partition)] = ts_ms
+            taken = clamped(ts_ms, now_ms, self.cfg.grace_ms)  # as the merge orders it
+            if taken > self._taken.get((topic, partition), _NEVER):
+                self._taken[(topic, partition)] = taken
             key = event.key
             if key is not None:
                 home = self._home.of(key)
@@ -199,7 +198,7 @@ class Detector:
                     return None
             item = _Item(event, list(value.values) if isinstance(value, Mapped) else value)
             merge = self._merge(partition, now)
-            arrival = merge.push(topic, _ts_ms(msg, now), msg.offset, item, now_ms, key,
+            arrival = merge.push(topic, ts_ms, msg.offset, item, now_ms, key,
                                  foreign=partition != msg.partition)
             if arrival:
                 if arrival & Arrival.CLAMPED:
@@ -410,8 +409,8 @@ class Detector:
         self.metrics.processing_latency.observe(max(0.0, now - (msg.timestamp or now)))
         again = redelivered.get(pid)
         if again is None:
-            # a discharged patient has no state, only the positions it had (``positions``)
-            applied = st.applied if st is not None else self.store.positions(pid)
+            # a discharged patient has no state, only the positions it had
+            applied = self.store.positions(pid)
             again = redelivered[pid] = applied is not None and already_applied(
                 applied, *position)
         if st is not None or not again:  # a discharged patient's bed is not monitored

@@ -82,6 +82,12 @@ CaughtUp = Callable[[str], "int | None"]
 Frontier = Callable[[str], int]
 
 
+def clamped(ts_ms: int, now_ms: int, grace_ms: int) -> int:
+    """A producer timestamp as the merge orders it: one ahead of its arrival ``now_ms`` by
+    more than ``grace_ms`` is taken as the arrival (a skewed clock; module doc)."""
+    return now_ms if ts_ms - now_ms > grace_ms else ts_ms
+
+
 class Arrival(enum.IntFlag):
     """What ``PartitionMerge.push`` noticed about a message (falsy when nothing)."""
 
@@ -132,7 +138,7 @@ class PartitionMerge(Generic[T]):
         nothing of how far THIS partition's log of ``source`` has come (``pop_ready``'s
         ``frontier`` speaks for the other partitions)."""
         arrival = Arrival(0)
-        if ts_ms - now_ms > self._grace:
+        if clamped(ts_ms, now_ms, self._grace) != ts_ms:
             ts_ms = now_ms
             arrival |= Arrival.CLAMPED
         released = self._released_by_key.get(key)
